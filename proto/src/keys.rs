@@ -1,0 +1,92 @@
+//! Static X25519 identity keys of nodes and DCs, and their base64 text form.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("not valid base64")]
+    Base64,
+    #[error("a key is 32 bytes, this one is {0}")]
+    Length(usize),
+}
+
+/// A public key: the identity of a node or a DC.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; 32]);
+
+/// A static private key.
+#[derive(Clone)]
+pub struct SecretKey([u8; 32]);
+
+fn decode32(s: &str) -> Result<[u8; 32], KeyError> {
+    let v = B64.decode(s.trim()).map_err(|_| KeyError::Base64)?;
+    v.as_slice().try_into().map_err(|_| KeyError::Length(v.len()))
+}
+
+impl PublicKey {
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+        decode32(s).map(Self)
+    }
+    pub fn to_base64(&self) -> String {
+        B64.encode(self.0)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The first few characters are enough to tell keys apart in logs.
+        write!(f, "{}…", &self.to_base64()[..8])
+    }
+}
+
+impl SecretKey {
+    pub fn generate() -> Self {
+        let s = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+        Self(s.to_bytes())
+    }
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+        decode32(s).map(Self)
+    }
+    pub fn to_base64(&self) -> String {
+        B64.encode(self.0)
+    }
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    pub fn public(&self) -> PublicKey {
+        let s = x25519_dalek::StaticSecret::from(self.0);
+        PublicKey(x25519_dalek::PublicKey::from(&s).to_bytes())
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey(public {:?})", self.public())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trip_and_errors() {
+        let s = SecretKey::generate();
+        let back = SecretKey::from_base64(&s.to_base64()).unwrap();
+        assert_eq!(back.public(), s.public());
+        assert_eq!(PublicKey::from_base64("AAAA"), Err(KeyError::Length(3)));
+        assert_eq!(PublicKey::from_base64("!!"), Err(KeyError::Base64));
+    }
+}

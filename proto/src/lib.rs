@@ -1,0 +1,11 @@
+//! The NTM protocol, without I/O: wire formats, crypto, and the state machines of registration,
+//! direction and tunnel setup. Callers feed it bytes and the current time; it returns bytes to
+//! send and things to do.
+
+pub mod registry;
+pub mod data;
+pub mod keys;
+pub mod msg;
+pub mod noise;
+pub mod replay;
+pub mod wire;

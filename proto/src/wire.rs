@@ -1,0 +1,157 @@
+//! The outer framing of every datagram on an NTM port. The first byte tells the kind:
+//!
+//! ```text
+//! handshake init  | 1 | ver | 0 0 | sender u32 LE |                 | noise IK message 1
+//! handshake resp  | 2 | ver | 0 0 | sender u32 LE | receiver u32 LE | noise IK message 2
+//! data            | 4 | 0 0 0     | receiver u32 LE | counter u64 LE | ChaCha20-Poly1305(payload) + tag
+//! ```
+//! The data packet has WireGuard's shape: the nonce is the counter, so `ring` and the kernel's
+//! `chacha20poly1305_encrypt` produce the same bytes.
+
+pub const TYPE_INIT: u8 = 1;
+pub const TYPE_RESP: u8 = 2;
+pub const TYPE_DATA: u8 = 4;
+pub const VERSION: u8 = 1;
+
+pub const INIT_HEADER: usize = 8;
+pub const RESP_HEADER: usize = 12;
+pub const DATA_HEADER: usize = 16;
+pub const TAG_LEN: usize = 16;
+/// Bytes a data packet adds around the inner IP packet (without the outer IP and UDP headers).
+pub const DATA_OVERHEAD: usize = DATA_HEADER + TAG_LEN;
+/// Largest signaling datagram accepted or sent.
+pub const MAX_SIGNALING: usize = 1400;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("empty datagram")]
+    Empty,
+    #[error("unknown packet type {0}")]
+    UnknownType(u8),
+    #[error("truncated {0} packet")]
+    Truncated(&'static str),
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    #[error("reserved bytes not zero")]
+    Reserved,
+    #[error("signaling datagram too large ({0} bytes)")]
+    TooLarge(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet<'a> {
+    Init { sender: u32, noise: &'a [u8] },
+    Resp { sender: u32, receiver: u32, noise: &'a [u8] },
+    Data { receiver: u32, counter: u64, sealed: &'a [u8] },
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The packet type byte, if the datagram is not empty (what the kernel's encap hook looks at).
+pub fn packet_type(b: &[u8]) -> Option<u8> {
+    b.first().copied()
+}
+
+impl<'a> Packet<'a> {
+    pub fn parse(b: &'a [u8]) -> Result<Self, WireError> {
+        match *b.first().ok_or(WireError::Empty)? {
+            TYPE_INIT => {
+                if b.len() < INIT_HEADER + 32 {
+                    return Err(WireError::Truncated("handshake init"));
+                }
+                Self::check_sig_header(b)?;
+                Ok(Packet::Init { sender: u32_at(b, 4), noise: &b[INIT_HEADER..] })
+            }
+            TYPE_RESP => {
+                if b.len() < RESP_HEADER + 32 {
+                    return Err(WireError::Truncated("handshake response"));
+                }
+                Self::check_sig_header(b)?;
+                Ok(Packet::Resp { sender: u32_at(b, 4), receiver: u32_at(b, 8), noise: &b[RESP_HEADER..] })
+            }
+            TYPE_DATA => {
+                if b.len() < DATA_OVERHEAD {
+                    return Err(WireError::Truncated("data"));
+                }
+                if b[1..4] != [0, 0, 0] {
+                    return Err(WireError::Reserved);
+                }
+                let counter = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+                Ok(Packet::Data { receiver: u32_at(b, 4), counter, sealed: &b[DATA_HEADER..] })
+            }
+            t => Err(WireError::UnknownType(t)),
+        }
+    }
+
+    fn check_sig_header(b: &[u8]) -> Result<(), WireError> {
+        if b.len() > MAX_SIGNALING {
+            return Err(WireError::TooLarge(b.len()));
+        }
+        if b[1] != VERSION {
+            return Err(WireError::Version(b[1]));
+        }
+        if b[2..4] != [0, 0] {
+            return Err(WireError::Reserved);
+        }
+        Ok(())
+    }
+}
+
+pub fn encode_init(sender: u32, noise: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(INIT_HEADER + noise.len());
+    v.extend_from_slice(&[TYPE_INIT, VERSION, 0, 0]);
+    v.extend_from_slice(&sender.to_le_bytes());
+    v.extend_from_slice(noise);
+    v
+}
+
+pub fn encode_resp(sender: u32, receiver: u32, noise: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(RESP_HEADER + noise.len());
+    v.extend_from_slice(&[TYPE_RESP, VERSION, 0, 0]);
+    v.extend_from_slice(&sender.to_le_bytes());
+    v.extend_from_slice(&receiver.to_le_bytes());
+    v.extend_from_slice(noise);
+    v
+}
+
+/// Writes a data header into the first `DATA_HEADER` bytes of `out`.
+pub fn write_data_header(out: &mut [u8], receiver: u32, counter: u64) {
+    out[0] = TYPE_DATA;
+    out[1..4].fill(0);
+    out[4..8].copy_from_slice(&receiver.to_le_bytes());
+    out[8..16].copy_from_slice(&counter.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let n = [7u8; 40];
+        let i = encode_init(0xdeadbeef, &n);
+        assert_eq!(Packet::parse(&i), Ok(Packet::Init { sender: 0xdeadbeef, noise: &n }));
+        let r = encode_resp(1, 2, &n);
+        assert_eq!(Packet::parse(&r), Ok(Packet::Resp { sender: 1, receiver: 2, noise: &n }));
+        let mut d = vec![0u8; DATA_OVERHEAD + 3];
+        write_data_header(&mut d, 9, 42);
+        assert_eq!(Packet::parse(&d), Ok(Packet::Data { receiver: 9, counter: 42, sealed: &d[16..] }));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(Packet::parse(&[]), Err(WireError::Empty));
+        assert_eq!(Packet::parse(&[9, 1, 2]), Err(WireError::UnknownType(9)));
+        assert_eq!(Packet::parse(&[1, 1, 0, 0]), Err(WireError::Truncated("handshake init")));
+        let mut i = encode_init(1, &[0; 40]);
+        i[1] = 9;
+        assert_eq!(Packet::parse(&i), Err(WireError::Version(9)));
+        assert_eq!(Packet::parse(&encode_init(1, &[0; 2000])), Err(WireError::TooLarge(2008)));
+        let mut d = vec![0u8; DATA_OVERHEAD];
+        write_data_header(&mut d, 1, 1);
+        d[2] = 1;
+        assert_eq!(Packet::parse(&d), Err(WireError::Reserved));
+    }
+}
