@@ -147,16 +147,8 @@ mod tests {
         let mut s = Sealer::new(&GOLDEN_KEY, 0x0102_0304);
         let mut out = Vec::new();
         s.seal(b"NTM golden vector", &mut out).unwrap();
-        assert_eq!(
-            hex(&out),
-            include_str!("../../tests/golden/data-counter0.hex").trim(),
-            "counter 0"
-        );
+        assert_eq!(hex(&out), include_str!("../../tests/golden/data-counter0.hex").trim(), "counter 0");
         s.seal(b"NTM golden vector", &mut out).unwrap();
-        assert_eq!(
-            hex(&out),
-            include_str!("../../tests/golden/data-counter1.hex").trim(),
-            "counter 1"
-        );
+        assert_eq!(hex(&out), include_str!("../../tests/golden/data-counter1.hex").trim(), "counter 1");
     }
 }

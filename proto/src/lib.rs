@@ -3,9 +3,14 @@
 //! send and things to do.
 
 pub mod registry;
+pub mod dns;
 pub mod data;
+pub mod dc;
+pub mod exchange;
 pub mod keys;
 pub mod msg;
+pub mod node;
 pub mod noise;
 pub mod replay;
+pub mod tunnel;
 pub mod wire;

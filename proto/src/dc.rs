@@ -1,0 +1,491 @@
+//! The Direction Coordinator's core: registrations (with NAT detection), direction requests from
+//! its nodes and from other zones' DCs, and route directions to the nodes that must take part.
+//! No sockets, no DNS, no clock: the DC daemon feeds it datagrams and time, answers its
+//! `Locate` commands (finding another zone's DC through DNS), and drains transmits.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::exchange::{self, Ids, Incoming, Initiator, Now, Transmit, TsFilter, TsSource};
+use crate::keys::{PublicKey, SecretKey};
+use crate::msg::{
+    DirectionAnswer, ErrorCode, ErrorReply, MsgError, NodeInfo, Path, PeerDirectionRequest, Register, Registered,
+    Request, Response, RouteDirection,
+};
+use crate::node::normalize;
+use crate::registry::{NodeRecord, Registration, Registry};
+use crate::wire::Packet;
+
+/// A direction that has not finished within this time fails.
+const OP_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+pub struct DcConfig {
+    pub zone: String,
+    pub secret: SecretKey,
+    pub keepalive: Duration,
+    /// Enrolled nodes: FQDN → key.
+    pub enrolled: HashMap<String, PublicKey>,
+    /// Trusted DCs of other zones: zone → key.
+    pub peers: HashMap<String, PublicKey>,
+}
+
+/// Work the daemon does for the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DcCommand {
+    /// Find the DC responsible for `target` (SRV `_ntm._udp.<zone>`), then call `dc_located`.
+    Locate { id: u64, target: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Route(u64),
+    Peer(u64),
+}
+
+struct Op {
+    requester: NodeInfo,
+    target: String,
+    waiters: Vec<Incoming>,
+    /// The answer to give once the target acknowledged its route direction.
+    answer: Option<DirectionAnswer>,
+    deadline: Instant,
+}
+
+pub struct DcCore<R> {
+    cfg: DcConfig,
+    by_key: HashMap<PublicKey, String>,
+    peer_zones: HashMap<PublicKey, String>,
+    registry: R,
+    exchanges: Initiator<Tag>,
+    ids: Ids,
+    ts: TsSource,
+    ts_filter: TsFilter,
+    ops: HashMap<u64, Op>,
+    next_op: u64,
+    transmits: VecDeque<Transmit>,
+    commands: VecDeque<DcCommand>,
+}
+
+impl<R: Registry> DcCore<R> {
+    pub fn new(mut cfg: DcConfig, registry: R) -> Self {
+        cfg.zone = normalize(&cfg.zone);
+        cfg.enrolled = cfg.enrolled.into_iter().map(|(f, k)| (normalize(&f), k)).collect();
+        cfg.peers = cfg.peers.into_iter().map(|(z, k)| (normalize(&z), k)).collect();
+        let by_key = cfg.enrolled.iter().map(|(f, k)| (*k, f.clone())).collect();
+        let peer_zones = cfg.peers.iter().map(|(z, k)| (*k, z.clone())).collect();
+        Self {
+            cfg,
+            by_key,
+            peer_zones,
+            registry,
+            exchanges: Initiator::default(),
+            ids: Ids::default(),
+            ts: TsSource::default(),
+            ts_filter: TsFilter::default(),
+            ops: HashMap::new(),
+            next_op: 1,
+            transmits: VecDeque::new(),
+            commands: VecDeque::new(),
+        }
+    }
+
+    pub fn registry(&self) -> &R {
+        &self.registry
+    }
+
+    pub fn zone(&self) -> &str {
+        &self.cfg.zone
+    }
+
+    fn in_zone(&self, fqdn: &str) -> bool {
+        fqdn.strip_suffix(&self.cfg.zone).is_some_and(|h| h.ends_with('.') && h.len() > 1)
+    }
+
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Now) {
+        match Packet::parse(data) {
+            Ok(Packet::Init { sender, noise }) => match exchange::accept(&self.cfg.secret, from, sender, noise) {
+                Ok(inc) => self.on_request(inc, now),
+                Err(e) => debug!(%from, "dropped handshake initiation: {e}"),
+            },
+            Ok(Packet::Resp { sender, receiver, noise }) => {
+                match self.exchanges.on_response(sender, receiver, noise, from, now) {
+                    Ok(done) => {
+                        self.ids.release(done.id);
+                        self.on_completed(done.tag, done.response, now)
+                    }
+                    Err(e) => debug!(%from, "dropped handshake response: {e}"),
+                }
+            }
+            Ok(Packet::Data { .. }) => debug!(%from, "dropped a data packet sent to the DC"),
+            Err(e) => debug!(%from, "dropped datagram: {e}"),
+        }
+    }
+
+    fn reply(&mut self, inc: Incoming, response: &Response, now: Now) {
+        let id = self.ids.alloc();
+        if let Ok((t, _)) = inc.respond(id, response, &mut self.ts, now) {
+            self.transmits.push_back(t);
+        }
+        self.ids.release(id);
+    }
+
+    fn refuse(&mut self, inc: Incoming, code: ErrorCode, message: String, now: Now) {
+        self.reply(inc, &Response::Error(ErrorReply { code, message }), now);
+    }
+
+    fn on_request(&mut self, inc: Incoming, now: Now) {
+        let from = inc.from;
+        let request = match &inc.request {
+            Ok(r) => r.clone(),
+            Err(e) => {
+                warn!(%from, "malformed request: {e}");
+                let code = if matches!(e, MsgError::Version(_)) { ErrorCode::Version } else { ErrorCode::BadRequest };
+                let m = e.to_string();
+                self.refuse(inc, code, m, now);
+                return;
+            }
+        };
+        match request {
+            Request::Register(r) => self.on_register(inc, r, now),
+            Request::Direction(d) => {
+                let Some(fqdn) = self.by_key.get(&inc.key).cloned() else {
+                    warn!(%from, key = %inc.key, "direction request from a key that is not enrolled");
+                    self.refuse(inc, ErrorCode::NotEnrolled, "this key is not enrolled here".into(), now);
+                    return;
+                };
+                if !self.ts_filter.accept(&inc.key, inc.ts) {
+                    debug!(%from, "dropped a replayed direction request");
+                    return;
+                }
+                let record = match self.registry.get(&fqdn) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        self.refuse(inc, ErrorCode::NotRegistered, "register first".into(), now);
+                        return;
+                    }
+                    Err(e) => {
+                        self.refuse(inc, ErrorCode::Internal, e.to_string(), now);
+                        return;
+                    }
+                };
+                let target = normalize(&d.target);
+                if target == fqdn {
+                    self.refuse(inc, ErrorCode::BadRequest, "a node cannot build a tunnel to itself".into(), now);
+                    return;
+                }
+                self.start_op(inc, node_info(&record), target, now);
+            }
+            Request::PeerDirection(p) => {
+                let Some(zone) = self.peer_zones.get(&inc.key).cloned() else {
+                    warn!(%from, key = %inc.key, "direction request from a DC this zone does not trust");
+                    self.refuse(inc, ErrorCode::NotAuthorized, "this DC's key is not trusted here".into(), now);
+                    return;
+                };
+                if !self.ts_filter.accept(&inc.key, inc.ts) {
+                    debug!(%from, "dropped a replayed peer direction request");
+                    return;
+                }
+                let requester_fqdn = normalize(&p.requester.fqdn);
+                if !requester_fqdn.ends_with(&format!(".{zone}")) {
+                    warn!(%from, %zone, requester = %requester_fqdn, "a DC asked for a node outside its zone");
+                    self.refuse(inc, ErrorCode::NotAuthorized, format!("{requester_fqdn} is not in zone {zone}"), now);
+                    return;
+                }
+                let target = normalize(&p.target);
+                if !self.in_zone(&target) {
+                    self.refuse(inc, ErrorCode::UnknownNode, format!("{target} is not in zone {}", self.cfg.zone), now);
+                    return;
+                }
+                self.start_op(inc, p.requester, target, now);
+            }
+            Request::Route(_) | Request::Tunnel(_) => {
+                self.refuse(inc, ErrorCode::BadRequest, "a DC does not take that request".into(), now);
+            }
+        }
+    }
+
+    fn on_register(&mut self, inc: Incoming, r: Register, now: Now) {
+        let fqdn = normalize(&r.fqdn);
+        let from = inc.from;
+        match self.cfg.enrolled.get(&fqdn) {
+            None => {
+                warn!(%from, %fqdn, "refusing registration: no node of that name is enrolled");
+                self.refuse(inc, ErrorCode::NotEnrolled, format!("{fqdn} is not enrolled at this DC"), now);
+                return;
+            }
+            Some(k) if *k != inc.key => {
+                warn!(%from, %fqdn, key = %inc.key, "refusing registration: wrong key for that name");
+                self.refuse(inc, ErrorCode::NotEnrolled, format!("this key is not enrolled for {fqdn}"), now);
+                return;
+            }
+            Some(_) => {}
+        }
+        if !self.ts_filter.accept(&inc.key, inc.ts) {
+            debug!(%from, %fqdn, "dropped a replayed registration");
+            return;
+        }
+        let nat = !r.addrs.iter().any(|a| same_endpoint(*a, from));
+        let reg = Registration {
+            fqdn: &fqdn,
+            public_key: inc.key.0,
+            addrs: &r.addrs,
+            observed: from,
+            nat,
+            now_unix: now.unix_us / 1_000_000,
+        };
+        let before = self.registry.get(&fqdn).ok().flatten();
+        match self.registry.register(&reg) {
+            Ok(rec) => {
+                let moved = before.as_ref().is_none_or(|b| b.observed != rec.observed || b.addrs != rec.addrs);
+                if moved {
+                    info!(%fqdn, %from, nat, vip4 = ?rec.vip4, vip6 = ?rec.vip6, "registered");
+                } else {
+                    debug!(%fqdn, %from, "registration refreshed");
+                }
+                let resp = Response::Registered(Registered {
+                    vip4: rec.vip4,
+                    vip6: rec.vip6,
+                    observed: from,
+                    nat,
+                    keepalive_ms: self.cfg.keepalive.as_millis().min(u32::MAX as u128) as u32,
+                });
+                self.reply(inc, &resp, now);
+            }
+            Err(e) => {
+                warn!(%fqdn, "registration failed: {e}");
+                self.refuse(inc, ErrorCode::Internal, e.to_string(), now);
+            }
+        }
+    }
+
+    fn start_op(&mut self, inc: Incoming, requester: NodeInfo, target: String, now: Now) {
+        // A retransmitted request joins the direction already under way.
+        if let Some(op) = self.ops.values_mut().find(|o| o.requester.fqdn == requester.fqdn && o.target == target) {
+            op.waiters.push(inc);
+            return;
+        }
+        let id = self.next_op;
+        self.next_op += 1;
+        let local = self.in_zone(&target);
+        debug!(requester = %requester.fqdn, %target, local, "direction");
+        self.ops.insert(
+            id,
+            Op { requester, target: target.clone(), waiters: vec![inc], answer: None, deadline: now.mono + OP_TIMEOUT },
+        );
+        if local {
+            self.direct_locally(id, now);
+        } else {
+            self.commands.push_back(DcCommand::Locate { id, target });
+        }
+    }
+
+    /// Both ends known here (the target is in this zone): pick the path, tell the target.
+    fn direct_locally(&mut self, id: u64, now: Now) {
+        let op = &self.ops[&id];
+        let target = op.target.clone();
+        let record = match self.registry.get(&target) {
+            Ok(Some(r)) => r,
+            Ok(None) if self.cfg.enrolled.contains_key(&target) => {
+                return self.finish(id, err(ErrorCode::NotRegistered, format!("{target} is not registered now")), now)
+            }
+            Ok(None) => return self.finish(id, err(ErrorCode::UnknownNode, format!("no node {target}")), now),
+            Err(e) => return self.finish(id, err(ErrorCode::Internal, e.to_string()), now),
+        };
+        let tinfo = node_info(&record);
+        let requester = op.requester.clone();
+        let Some((to_target, to_requester)) = pick_endpoints(&requester, &tinfo) else {
+            return self.finish(
+                id,
+                err(
+                    ErrorCode::NoPath,
+                    format!("{} and {target} share no address family (relay not available)", requester.fqdn),
+                ),
+                now,
+            );
+        };
+        let requester_initiates = match (requester.nat, tinfo.nat) {
+            (true, true) => {
+                return self.finish(
+                    id,
+                    err(
+                        ErrorCode::NoPath,
+                        format!("{} and {target} are both behind NAT (relay not available)", requester.fqdn),
+                    ),
+                    now,
+                )
+            }
+            (false, true) => false,
+            _ => true,
+        };
+        let Some(dst) = record.observed else {
+            return self.finish(id, err(ErrorCode::NotRegistered, format!("{target} has no known address")), now);
+        };
+        info!(requester = %requester.fqdn, %target, path = "direct", opener = if requester_initiates { requester.fqdn.as_str() } else { target.as_str() }, "direction");
+        let route = RouteDirection {
+            peer: requester,
+            endpoint: to_requester,
+            path: Path::Direct,
+            you_initiate: !requester_initiates,
+        };
+        let xid = self.ids.alloc();
+        match self.exchanges.start(
+            Tag::Route(id),
+            xid,
+            dst,
+            PublicKey(record.public_key),
+            Request::Route(route),
+            &self.cfg.secret,
+            &mut self.ts,
+            now,
+        ) {
+            Ok(t) => {
+                self.transmits.push_back(t);
+                self.ops.get_mut(&id).expect("present").answer =
+                    Some(DirectionAnswer { peer: tinfo, endpoint: to_target, path: Path::Direct, requester_initiates });
+            }
+            Err(e) => {
+                self.ids.release(xid);
+                self.finish(id, err(ErrorCode::Internal, e.to_string()), now)
+            }
+        }
+    }
+
+    /// The daemon found (or failed to find) the DC of the target's zone.
+    pub fn dc_located(&mut self, id: u64, result: Result<(String, Vec<SocketAddr>), String>, now: Now) {
+        let Some(op) = self.ops.get(&id) else { return };
+        let target = op.target.clone();
+        let (zone, addrs) = match result {
+            Ok(r) => r,
+            Err(e) => return self.finish(id, err(ErrorCode::UnknownNode, format!("{target}: {e}")), now),
+        };
+        let zone = normalize(&zone);
+        let Some(key) = self.cfg.peers.get(&zone).copied() else {
+            warn!(%zone, %target, "no trust configured for that zone's DC");
+            return self.finish(id, err(ErrorCode::Unavailable, format!("zone {zone} is not trusted by this DC")), now);
+        };
+        let Some(dst) = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied() else {
+            return self.finish(id, err(ErrorCode::Unavailable, format!("zone {zone}'s DC has no address")), now);
+        };
+        let req = Request::PeerDirection(PeerDirectionRequest { requester: op.requester.clone(), target });
+        let xid = self.ids.alloc();
+        match self.exchanges.start(Tag::Peer(id), xid, dst, key, req, &self.cfg.secret, &mut self.ts, now) {
+            Ok(t) => self.transmits.push_back(t),
+            Err(e) => {
+                self.ids.release(xid);
+                self.finish(id, err(ErrorCode::Internal, e.to_string()), now)
+            }
+        }
+    }
+
+    fn on_completed(&mut self, tag: Tag, response: Response, now: Now) {
+        match tag {
+            Tag::Route(id) => {
+                let Some(op) = self.ops.get_mut(&id) else { return };
+                let r = match response {
+                    Response::RouteAck => match op.answer.take() {
+                        Some(a) => Response::Direction(a),
+                        None => err(ErrorCode::Internal, "no answer prepared".into()),
+                    },
+                    Response::Error(e) => err(ErrorCode::Unavailable, format!("{} refused the route: {e}", op.target)),
+                    _ => err(ErrorCode::Unavailable, format!("{} answered strangely", op.target)),
+                };
+                self.finish(id, r, now);
+            }
+            Tag::Peer(id) => {
+                let r = match response {
+                    r @ (Response::Direction(_) | Response::Error(_)) => r,
+                    _ => err(ErrorCode::Unavailable, "the peer DC answered strangely".into()),
+                };
+                self.finish(id, r, now);
+            }
+        }
+    }
+
+    fn finish(&mut self, id: u64, response: Response, now: Now) {
+        let Some(op) = self.ops.remove(&id) else { return };
+        if let Response::Error(e) = &response {
+            info!(requester = %op.requester.fqdn, target = %op.target, "direction failed: {e}");
+        }
+        for w in op.waiters {
+            self.reply(w, &response, now);
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let ops = self.ops.values().map(|o| o.deadline).min();
+        [ops, self.exchanges.poll_timeout()].into_iter().flatten().min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Now) {
+        let (retx, failed) = self.exchanges.on_timeout(&self.cfg.secret, &mut self.ts, now);
+        self.transmits.extend(retx);
+        for f in failed {
+            self.ids.release(f.id);
+            let (id, what) = match f.tag {
+                Tag::Route(id) => (id, format!("the target node does not answer at {}", f.dst)),
+                Tag::Peer(id) => (id, format!("the peer DC does not answer at {}", f.dst)),
+            };
+            self.finish(id, err(ErrorCode::Unavailable, what), now);
+        }
+        let late: Vec<u64> = self.ops.iter().filter(|(_, o)| o.deadline <= now.mono).map(|(id, _)| *id).collect();
+        for id in late {
+            self.finish(id, err(ErrorCode::Unavailable, "direction timed out".into()), now);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_command(&mut self) -> Option<DcCommand> {
+        self.commands.pop_front()
+    }
+}
+
+fn err(code: ErrorCode, message: String) -> Response {
+    Response::Error(ErrorReply { code, message })
+}
+
+/// Two socket addresses name the same endpoint (an IPv4-mapped IPv6 address equals its IPv4).
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    let canon = |s: SocketAddr| (s.ip().to_canonical(), s.port());
+    canon(a) == canon(b)
+}
+
+/// How a node is described to others: reachable at its NAT's outer address when behind NAT,
+/// else at its own addresses (global ones first).
+pub fn node_info(r: &NodeRecord) -> NodeInfo {
+    let endpoints = if r.nat {
+        r.observed.into_iter().collect()
+    } else {
+        let mut v: Vec<SocketAddr> = r.addrs.iter().copied().filter(is_global).collect();
+        if let Some(o) = r.observed {
+            if !v.iter().any(|a| same_endpoint(*a, o)) {
+                v.insert(0, o);
+            }
+        }
+        v
+    };
+    NodeInfo { fqdn: r.fqdn.clone(), public_key: r.public_key, vip4: r.vip4, vip6: r.vip6, endpoints, nat: r.nat }
+}
+
+fn is_global(a: &SocketAddr) -> bool {
+    match a.ip().to_canonical() {
+        std::net::IpAddr::V4(v) => !(v.is_loopback() || v.is_link_local() || v.is_unspecified()),
+        std::net::IpAddr::V6(v) => !(v.is_loopback() || v.is_unspecified() || (v.segments()[0] & 0xffc0) == 0xfe80),
+    }
+}
+
+/// A pair of endpoints of one address family: (where the requester reaches the target, where
+/// the target reaches the requester). IPv4 first, then IPv6.
+fn pick_endpoints(requester: &NodeInfo, target: &NodeInfo) -> Option<(SocketAddr, SocketAddr)> {
+    [true, false].into_iter().find_map(|v4| {
+        let r = requester.endpoints.iter().find(|a| a.ip().to_canonical().is_ipv4() == v4)?;
+        let t = target.endpoints.iter().find(|a| a.ip().to_canonical().is_ipv4() == v4)?;
+        Some((*t, *r))
+    })
+}

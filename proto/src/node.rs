@@ -1,0 +1,770 @@
+//! The node's signaling core: registration with its DC, the node table (built / building / none),
+//! and tunnel setup with peers as directed by the DCs. No sockets, no clock: the daemon feeds it
+//! datagrams, time and data-plane events, and drains transmits and events.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::data::TunnelKeys;
+use crate::exchange::{self, Ids, Initiator, Now, Transmit, TsFilter, TsSource};
+use crate::keys::{PublicKey, SecretKey};
+use crate::msg::{
+    DirectionRequest, ErrorCode, NodeInfo, Path, Register, Request, Response, RouteDirection, TunnelHello,
+};
+use crate::wire::Packet;
+
+/// How long a DC's word that a peer may open a tunnel with us holds.
+const VOUCH_TTL: Duration = Duration::from_secs(30);
+/// How long we wait for a peer that the DC told to open the tunnel towards us.
+const AWAIT_PEER: Duration = Duration::from_secs(8);
+/// Pause before registering again after a failure.
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
+/// Pause after the DC refused us (a configuration problem, not a network one).
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub fqdn: String,
+    pub secret: SecretKey,
+    pub dc_key: PublicKey,
+    /// The DC's addresses, tried in order (those of a family the node has no address of are skipped).
+    pub dcs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    None,
+    Building,
+    Built,
+}
+
+/// A tunnel for the data plane to install.
+#[derive(Debug, Clone)]
+pub struct TunnelSpec {
+    pub fqdn: String,
+    pub vip4: Option<Ipv4Addr>,
+    pub vip6: Option<Ipv6Addr>,
+    pub endpoint: SocketAddr,
+    pub local_id: u32,
+    pub remote_id: u32,
+    pub keys: TunnelKeys,
+    pub path: Path,
+}
+
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    Registered {
+        vip4: Option<Ipv4Addr>,
+        vip6: Option<Ipv6Addr>,
+        dc: SocketAddr,
+        observed: SocketAddr,
+        nat: bool,
+    },
+    RegistrationLost {
+        reason: String,
+    },
+    PeerState {
+        fqdn: String,
+        state: PeerState,
+    },
+    /// Install this tunnel (replacing any tunnel with the same peer).
+    TunnelUp(TunnelSpec),
+    /// Remove the tunnel with this local id (superseded).
+    TunnelDown {
+        fqdn: String,
+        local_id: u32,
+    },
+    BuildFailed {
+        fqdn: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Register,
+    Direction,
+    Tunnel,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Building {
+    /// Waiting for the DC's direction (exchange id).
+    AskingDc(u32),
+    /// We opened the tunnel (exchange id).
+    Opening(u32),
+    /// The peer opens; we wait for it until the deadline.
+    AwaitingPeer(Instant),
+}
+
+/// One entry of the node table.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub fqdn: String,
+    pub state: PeerState,
+    pub vip4: Option<Ipv4Addr>,
+    pub vip6: Option<Ipv6Addr>,
+    pub endpoint: Option<SocketAddr>,
+    pub path: Option<Path>,
+    /// The live tunnel's local id.
+    pub local_id: Option<u32>,
+    pub last_error: Option<String>,
+    building: Option<Building>,
+}
+
+impl Peer {
+    fn new(fqdn: &str) -> Self {
+        Self {
+            fqdn: fqdn.to_string(),
+            state: PeerState::None,
+            vip4: None,
+            vip6: None,
+            endpoint: None,
+            path: None,
+            local_id: None,
+            last_error: None,
+            building: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Vouch {
+    info: NodeInfo,
+    path: Path,
+    expires: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub vip4: Option<Ipv4Addr>,
+    pub vip6: Option<Ipv6Addr>,
+    pub dc: SocketAddr,
+    pub observed: SocketAddr,
+    pub nat: bool,
+}
+
+#[derive(Debug)]
+enum RegState {
+    Idle,
+    /// Waiting for the answer to a registration (or refresh).
+    Pending(u32),
+    /// Registered; refresh at the instant.
+    Fresh(Instant),
+    /// Try again at the instant.
+    Retry(Instant),
+}
+
+pub struct NodeCore {
+    cfg: NodeConfig,
+    local_addrs: Vec<SocketAddr>,
+    dc_index: usize,
+    reg: RegState,
+    registration: Option<Registration>,
+    keepalive: Duration,
+    peers: HashMap<String, Peer>,
+    vouches: HashMap<PublicKey, Vouch>,
+    exchanges: Initiator<(Tag, String)>,
+    ids: Ids,
+    ts: TsSource,
+    ts_filter: TsFilter,
+    /// Tunnel requests that arrived before the direction answer that vouches for them.
+    parked: HashMap<String, exchange::Incoming>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<NodeEvent>,
+}
+
+impl NodeCore {
+    pub fn new(cfg: NodeConfig) -> Self {
+        Self {
+            cfg,
+            local_addrs: Vec::new(),
+            dc_index: 0,
+            reg: RegState::Idle,
+            registration: None,
+            keepalive: Duration::from_secs(15),
+            peers: HashMap::new(),
+            vouches: HashMap::new(),
+            exchanges: Initiator::default(),
+            ids: Ids::default(),
+            ts: TsSource::default(),
+            ts_filter: TsFilter::default(),
+            parked: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn fqdn(&self) -> &str {
+        &self.cfg.fqdn
+    }
+
+    pub fn registration(&self) -> Option<&Registration> {
+        self.registration.as_ref()
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.values()
+    }
+
+    pub fn peer(&self, fqdn: &str) -> Option<&Peer> {
+        self.peers.get(&normalize(fqdn))
+    }
+
+    /// The node's own addresses (with its port) changed, or are known for the first time:
+    /// register (again) at once.
+    pub fn set_local_addrs(&mut self, addrs: Vec<SocketAddr>, now: Now) {
+        if addrs == self.local_addrs && !matches!(self.reg, RegState::Idle) {
+            return;
+        }
+        info!(?addrs, "local addresses");
+        self.local_addrs = addrs;
+        if let RegState::Pending(id) = self.reg {
+            self.exchanges.cancel(id);
+            self.ids.release(id);
+        }
+        self.register(now);
+    }
+
+    fn dc_candidates(&self) -> Vec<SocketAddr> {
+        let has = |v4: bool| self.local_addrs.iter().any(|a| a.is_ipv4() == v4);
+        let usable: Vec<_> = self.cfg.dcs.iter().copied().filter(|d| has(d.is_ipv4())).collect();
+        if usable.is_empty() {
+            self.cfg.dcs.clone()
+        } else {
+            usable
+        }
+    }
+
+    fn register(&mut self, now: Now) {
+        let dcs = self.dc_candidates();
+        let Some(dc) = dcs.get(self.dc_index % dcs.len().max(1)).copied() else {
+            warn!("no DC address configured");
+            self.reg = RegState::Retry(now.mono + REFUSED_RETRY);
+            return;
+        };
+        let req = Request::Register(Register { fqdn: self.cfg.fqdn.clone(), addrs: self.local_addrs.clone() });
+        let id = self.ids.alloc();
+        match self.exchanges.start(
+            (Tag::Register, String::new()),
+            id,
+            dc,
+            self.cfg.dc_key,
+            req,
+            &self.cfg.secret,
+            &mut self.ts,
+            now,
+        ) {
+            Ok(t) => {
+                debug!(%dc, "registering");
+                self.transmits.push_back(t);
+                self.reg = RegState::Pending(id);
+            }
+            Err(e) => {
+                warn!("cannot start registration: {e}");
+                self.ids.release(id);
+                self.reg = RegState::Retry(now.mono + REGISTER_RETRY);
+            }
+        }
+    }
+
+    /// An application wants to reach `fqdn` (a DNS query, or the first packet to its VIP).
+    /// Returns the peer's state after the call: `Built` means go ahead now; `Building` means
+    /// wait for a `TunnelUp` or `BuildFailed` event for it.
+    pub fn request(&mut self, fqdn: &str, now: Now) -> PeerState {
+        let fqdn = normalize(fqdn);
+        let state = self.peers.get(&fqdn).map(|p| p.state).unwrap_or(PeerState::None);
+        if state != PeerState::None {
+            return state;
+        }
+        if fqdn == self.cfg.fqdn {
+            self.fail(&fqdn, "that is this node's own name".into());
+            return PeerState::None;
+        }
+        let Some(reg) = &self.registration else {
+            self.fail(&fqdn, "not registered with the DC".into());
+            return PeerState::None;
+        };
+        let dc = reg.dc;
+        let id = self.ids.alloc();
+        let req = Request::Direction(DirectionRequest { target: fqdn.clone() });
+        match self.exchanges.start(
+            (Tag::Direction, fqdn.clone()),
+            id,
+            dc,
+            self.cfg.dc_key,
+            req,
+            &self.cfg.secret,
+            &mut self.ts,
+            now,
+        ) {
+            Ok(t) => {
+                self.transmits.push_back(t);
+                let p = self.peers.entry(fqdn.clone()).or_insert_with(|| Peer::new(&fqdn));
+                p.building = Some(Building::AskingDc(id));
+                self.set_state(&fqdn, PeerState::Building);
+                PeerState::Building
+            }
+            Err(e) => {
+                self.ids.release(id);
+                self.fail(&fqdn, format!("cannot start the direction request: {e}"));
+                PeerState::None
+            }
+        }
+    }
+
+    /// The peer with this VIP, if the node table knows it.
+    pub fn peer_by_vip(&self, vip: IpAddr) -> Option<&Peer> {
+        self.peers.values().find(|p| match vip {
+            IpAddr::V4(v) => p.vip4 == Some(v),
+            IpAddr::V6(v) => p.vip6 == Some(v),
+        })
+    }
+
+    /// The data plane saw a packet for `vip` and has no tunnel for it: build one if we know whose
+    /// VIP it is.
+    pub fn tunnel_miss(&mut self, vip: IpAddr, now: Now) -> Option<PeerState> {
+        let fqdn = self.peer_by_vip(vip)?.fqdn.clone();
+        Some(self.request(&fqdn, now))
+    }
+
+    /// The data plane destroyed the tunnel with this local id (idle, deleted, device down...).
+    pub fn tunnel_destroyed(&mut self, local_id: u32) {
+        let Some(p) = self.peers.values_mut().find(|p| p.local_id == Some(local_id)) else {
+            return;
+        };
+        p.local_id = None;
+        p.endpoint = None;
+        p.path = None;
+        let fqdn = p.fqdn.clone();
+        self.ids.release(local_id);
+        if self.peers[&fqdn].building.is_none() {
+            self.set_state(&fqdn, PeerState::None);
+        }
+    }
+
+    /// A handshake datagram arrived (data packets belong to the data plane).
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Now) {
+        match Packet::parse(data) {
+            Ok(Packet::Init { sender, noise }) => self.on_init(from, sender, noise, now),
+            Ok(Packet::Resp { sender, receiver, noise }) => {
+                match self.exchanges.on_response(sender, receiver, noise, from, now) {
+                    Ok(done) => self.on_completed(done, now),
+                    Err(e) => debug!(%from, "dropped handshake response: {e}"),
+                }
+            }
+            Ok(Packet::Data { .. }) => debug!(%from, "data packet reached the signaling core"),
+            Err(e) => debug!(%from, "dropped datagram: {e}"),
+        }
+    }
+
+    fn on_init(&mut self, from: SocketAddr, sender: u32, noise: &[u8], now: Now) {
+        let inc = match exchange::accept(&self.cfg.secret, from, sender, noise) {
+            Ok(i) => i,
+            Err(e) => {
+                debug!(%from, "dropped handshake initiation: {e}");
+                return;
+            }
+        };
+        let trusted = inc.key == self.cfg.dc_key || self.vouches.get(&inc.key).is_some_and(|v| v.expires > now.mono);
+        if !trusted {
+            // The peer may have heard from its DC before our DC's answer reached us: keep its
+            // request until that answer says whether its key is the one vouched for.
+            if let Ok(Request::Tunnel(hello)) = &inc.request {
+                let fqdn = normalize(&hello.fqdn);
+                if matches!(self.peers.get(&fqdn).and_then(|p| p.building), Some(Building::AskingDc(_))) {
+                    debug!(%from, peer = %fqdn, "tunnel request ahead of our DC's answer: parked");
+                    self.parked.insert(fqdn, inc);
+                    return;
+                }
+            }
+            warn!(%from, key = %inc.key, "refusing a tunnel from a key no DC vouched for");
+            let id = self.ids.alloc();
+            let t = inc.error(id, ErrorCode::NotAuthorized, "no DC vouched for this key", &mut self.ts, now);
+            self.ids.release(id);
+            self.transmits.extend(t);
+            return;
+        }
+        self.on_init_trusted(inc, now);
+    }
+
+    fn on_init_trusted(&mut self, inc: exchange::Incoming, now: Now) {
+        let from = inc.from;
+        if !self.ts_filter.accept(&inc.key, inc.ts) {
+            debug!(%from, "dropped a replayed handshake initiation");
+            return;
+        }
+        let request = match &inc.request {
+            Ok(r) => r.clone(),
+            Err(e) => {
+                warn!(%from, "malformed request: {e}");
+                let (code, m) = match e {
+                    crate::msg::MsgError::Version(_) => (ErrorCode::Version, e.to_string()),
+                    _ => (ErrorCode::BadRequest, e.to_string()),
+                };
+                let id = self.ids.alloc();
+                self.transmits.extend(inc.error(id, code, m, &mut self.ts, now));
+                self.ids.release(id);
+                return;
+            }
+        };
+        match request {
+            Request::Route(rd) if inc.key == self.cfg.dc_key => self.on_route(inc, rd, now),
+            Request::Tunnel(hello) if inc.key != self.cfg.dc_key => self.on_tunnel_request(inc, hello, now),
+            other => {
+                warn!(%from, "unexpected request {:?}", std::mem::discriminant(&other));
+                let id = self.ids.alloc();
+                self.transmits.extend(inc.error(id, ErrorCode::BadRequest, "unexpected request", &mut self.ts, now));
+                self.ids.release(id);
+            }
+        }
+    }
+
+    fn on_route(&mut self, inc: exchange::Incoming, rd: RouteDirection, now: Now) {
+        let peer_key = PublicKey(rd.peer.public_key);
+        let fqdn = normalize(&rd.peer.fqdn);
+        info!(peer = %fqdn, endpoint = %rd.endpoint, initiate = rd.you_initiate, "route direction from the DC");
+        self.vouches.insert(peer_key, Vouch { info: rd.peer.clone(), path: rd.path, expires: now.mono + VOUCH_TTL });
+        let id = self.ids.alloc();
+        if let Ok((t, _)) = inc.respond(id, &Response::RouteAck, &mut self.ts, now) {
+            self.transmits.push_back(t);
+        }
+        self.ids.release(id);
+        let p = self.peers.entry(fqdn.clone()).or_insert_with(|| Peer::new(&fqdn));
+        p.vip4 = rd.peer.vip4;
+        p.vip6 = rd.peer.vip6;
+        if rd.you_initiate {
+            if let Some(Building::Opening(_)) = p.building {
+                return; // already opening (the DC repeated itself)
+            }
+            self.open_tunnel(&fqdn, peer_key, rd.endpoint, now);
+        }
+    }
+
+    fn open_tunnel(&mut self, fqdn: &str, key: PublicKey, endpoint: SocketAddr, now: Now) {
+        let id = self.ids.alloc();
+        let (vip4, vip6) = self.own_vips();
+        let hello = TunnelHello { fqdn: self.cfg.fqdn.clone(), vip4, vip6 };
+        match self.exchanges.start(
+            (Tag::Tunnel, fqdn.to_string()),
+            id,
+            endpoint,
+            key,
+            Request::Tunnel(hello),
+            &self.cfg.secret,
+            &mut self.ts,
+            now,
+        ) {
+            Ok(t) => {
+                debug!(peer = fqdn, %endpoint, "opening tunnel");
+                self.transmits.push_back(t);
+                if let Some(p) = self.peers.get_mut(fqdn) {
+                    p.building = Some(Building::Opening(id));
+                }
+                if self.peers.get(fqdn).map(|p| p.state) == Some(PeerState::None) {
+                    self.set_state(fqdn, PeerState::Building);
+                }
+            }
+            Err(e) => {
+                self.ids.release(id);
+                self.fail(fqdn, format!("cannot open the tunnel: {e}"));
+            }
+        }
+    }
+
+    fn own_vips(&self) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        self.registration.as_ref().map(|r| (r.vip4, r.vip6)).unwrap_or_default()
+    }
+
+    fn on_tunnel_request(&mut self, inc: exchange::Incoming, hello: TunnelHello, now: Now) {
+        let vouch = self.vouches.get(&inc.key).cloned().expect("checked by the caller");
+        let fqdn = normalize(&vouch.info.fqdn);
+        if normalize(&hello.fqdn) != fqdn {
+            warn!(from = %inc.from, claimed = %hello.fqdn, vouched = %fqdn, "tunnel request under another name");
+            let id = self.ids.alloc();
+            self.transmits.extend(inc.error(
+                id,
+                ErrorCode::NotAuthorized,
+                "name does not match the key",
+                &mut self.ts,
+                now,
+            ));
+            self.ids.release(id);
+            return;
+        }
+        let (vip4, vip6) = self.own_vips();
+        let local_id = self.ids.alloc();
+        let remote_id = inc.sender;
+        let from = inc.from;
+        let reply = Response::Tunnel(TunnelHello { fqdn: self.cfg.fqdn.clone(), vip4, vip6 });
+        match inc.respond(local_id, &reply, &mut self.ts, now) {
+            Ok((t, keys)) => {
+                self.transmits.push_back(t);
+                // The source of an authenticated initiation is where the peer is reachable now
+                // (its NAT's mapping, when it is behind one).
+                self.tunnel_up(&fqdn, &vouch.info, from, local_id, remote_id, keys, vouch.path);
+            }
+            Err(e) => {
+                self.ids.release(local_id);
+                warn!(peer = %fqdn, "cannot answer the tunnel request: {e}");
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tunnel_up(
+        &mut self,
+        fqdn: &str,
+        info: &NodeInfo,
+        endpoint: SocketAddr,
+        local_id: u32,
+        remote_id: u32,
+        keys: TunnelKeys,
+        path: Path,
+    ) {
+        let p = self.peers.entry(fqdn.to_string()).or_insert_with(|| Peer::new(fqdn));
+        if let Some(Building::Opening(id)) | Some(Building::AskingDc(id)) = p.building {
+            // A crossing build: the peer's tunnel won; forget ours.
+            if id != local_id {
+                self.exchanges.cancel(id);
+                self.ids.release(id);
+            }
+        }
+        let old = p.local_id.replace(local_id);
+        p.building = None;
+        p.vip4 = info.vip4;
+        p.vip6 = info.vip6;
+        p.endpoint = Some(endpoint);
+        p.path = Some(path);
+        p.last_error = None;
+        if let Some(old) = old.filter(|o| *o != local_id) {
+            self.events.push_back(NodeEvent::TunnelDown { fqdn: fqdn.to_string(), local_id: old });
+            self.ids.release(old);
+        }
+        info!(peer = fqdn, %endpoint, local_id, "tunnel up");
+        self.events.push_back(NodeEvent::TunnelUp(TunnelSpec {
+            fqdn: fqdn.to_string(),
+            vip4: info.vip4,
+            vip6: info.vip6,
+            endpoint,
+            local_id,
+            remote_id,
+            keys,
+            path,
+        }));
+        self.set_state(fqdn, PeerState::Built);
+    }
+
+    fn on_completed(&mut self, done: exchange::Completed<(Tag, String)>, now: Now) {
+        let (tag, fqdn) = done.tag.clone();
+        match tag {
+            Tag::Register => self.on_registered(done, now),
+            Tag::Direction => {
+                self.ids.release(done.id);
+                let p = self.peers.get(&fqdn);
+                if !matches!(p.and_then(|p| p.building), Some(Building::AskingDc(id)) if id == done.id) {
+                    return; // superseded
+                }
+                match done.response {
+                    Response::Direction(ans) if normalize(&ans.peer.fqdn) == fqdn => {
+                        let key = PublicKey(ans.peer.public_key);
+                        debug!(peer = %fqdn, endpoint = %ans.endpoint, requester_initiates = ans.requester_initiates, rtt = ?done.rtt, "direction");
+                        self.vouches.insert(
+                            key,
+                            Vouch { info: ans.peer.clone(), path: ans.path, expires: now.mono + VOUCH_TTL },
+                        );
+                        if let Some(p) = self.peers.get_mut(&fqdn) {
+                            p.vip4 = ans.peer.vip4;
+                            p.vip6 = ans.peer.vip6;
+                            p.building = Some(Building::AwaitingPeer(now.mono + AWAIT_PEER));
+                        }
+                        if ans.requester_initiates {
+                            self.open_tunnel(&fqdn, key, ans.endpoint, now);
+                        } else if let Some(inc) = self.parked.remove(&fqdn) {
+                            if inc.key == key {
+                                self.on_init_trusted(inc, now);
+                            } else {
+                                warn!(peer = %fqdn, "a parked tunnel request had another key than the vouched one");
+                            }
+                        }
+                    }
+                    Response::Error(e) => self.fail(&fqdn, format!("the DC refused: {e}")),
+                    other => self.fail(&fqdn, format!("unexpected answer from the DC: {other:?}")),
+                }
+            }
+            Tag::Tunnel => {
+                let ours = matches!(self.peers.get(&fqdn).and_then(|p| p.building), Some(Building::Opening(id)) if id == done.id);
+                if !ours {
+                    self.ids.release(done.id);
+                    return;
+                }
+                match done.response {
+                    Response::Tunnel(hello) if normalize(&hello.fqdn) == fqdn => {
+                        let vouch = self.vouches.values().find(|v| normalize(&v.info.fqdn) == fqdn).cloned();
+                        let (info, path) = match vouch {
+                            Some(v) => (v.info, v.path),
+                            None => (
+                                NodeInfo {
+                                    fqdn: fqdn.clone(),
+                                    public_key: [0; 32],
+                                    vip4: hello.vip4,
+                                    vip6: hello.vip6,
+                                    endpoints: vec![],
+                                    nat: false,
+                                },
+                                Path::Direct,
+                            ),
+                        };
+                        self.tunnel_up(&fqdn, &info, done.from, done.id, done.remote_id, done.keys, path);
+                    }
+                    Response::Error(e) => {
+                        self.ids.release(done.id);
+                        self.fail(&fqdn, format!("the peer refused: {e}"));
+                    }
+                    other => {
+                        self.ids.release(done.id);
+                        self.fail(&fqdn, format!("unexpected answer from the peer: {other:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_registered(&mut self, done: exchange::Completed<(Tag, String)>, now: Now) {
+        self.ids.release(done.id);
+        if !matches!(self.reg, RegState::Pending(id) if id == done.id) {
+            return;
+        }
+        match done.response {
+            Response::Registered(r) => {
+                self.keepalive = Duration::from_millis(r.keepalive_ms.clamp(1000, 3_600_000) as u64);
+                let reg = Registration { vip4: r.vip4, vip6: r.vip6, dc: done.from, observed: r.observed, nat: r.nat };
+                let changed = self.registration.as_ref().is_none_or(|o| {
+                    (o.vip4, o.vip6, o.dc, o.observed, o.nat) != (reg.vip4, reg.vip6, reg.dc, reg.observed, reg.nat)
+                });
+                if changed {
+                    info!(vip4 = ?r.vip4, vip6 = ?r.vip6, dc = %done.from, observed = %r.observed, nat = r.nat, rtt = ?done.rtt, "registered");
+                    self.events.push_back(NodeEvent::Registered {
+                        vip4: r.vip4,
+                        vip6: r.vip6,
+                        dc: done.from,
+                        observed: r.observed,
+                        nat: r.nat,
+                    });
+                } else {
+                    debug!(rtt = ?done.rtt, "registration refreshed");
+                }
+                self.registration = Some(reg);
+                self.reg = RegState::Fresh(now.mono + self.keepalive);
+            }
+            Response::Error(e) => {
+                warn!(dc = %done.from, "the DC refused the registration: {e}");
+                self.lose_registration(format!("refused by the DC: {e}"));
+                self.reg = RegState::Retry(now.mono + REFUSED_RETRY);
+            }
+            other => {
+                warn!("unexpected answer to the registration: {other:?}");
+                self.reg = RegState::Retry(now.mono + REGISTER_RETRY);
+            }
+        }
+    }
+
+    fn lose_registration(&mut self, reason: String) {
+        if self.registration.take().is_some() {
+            self.events.push_back(NodeEvent::RegistrationLost { reason });
+        }
+    }
+
+    fn fail(&mut self, fqdn: &str, reason: String) {
+        info!(peer = fqdn, "tunnel build failed: {reason}");
+        self.parked.remove(fqdn);
+        let p = self.peers.entry(fqdn.to_string()).or_insert_with(|| Peer::new(fqdn));
+        p.building = None;
+        p.last_error = Some(reason.clone());
+        let built = p.local_id.is_some();
+        self.events.push_back(NodeEvent::BuildFailed { fqdn: fqdn.to_string(), reason });
+        self.set_state(fqdn, if built { PeerState::Built } else { PeerState::None });
+    }
+
+    fn set_state(&mut self, fqdn: &str, state: PeerState) {
+        let p = self.peers.entry(fqdn.to_string()).or_insert_with(|| Peer::new(fqdn));
+        if p.state != state {
+            p.state = state;
+            self.events.push_back(NodeEvent::PeerState { fqdn: fqdn.to_string(), state });
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let reg = match self.reg {
+            RegState::Fresh(t) | RegState::Retry(t) => Some(t),
+            _ => None,
+        };
+        let awaiting = self.peers.values().filter_map(|p| match p.building {
+            Some(Building::AwaitingPeer(t)) => Some(t),
+            _ => None,
+        });
+        let vouch = self.vouches.values().map(|v| v.expires);
+        [reg, self.exchanges.poll_timeout()].into_iter().flatten().chain(awaiting).chain(vouch).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Now) {
+        let (retx, failed) = self.exchanges.on_timeout(&self.cfg.secret, &mut self.ts, now);
+        self.transmits.extend(retx);
+        for f in failed {
+            self.ids.release(f.id);
+            let (tag, fqdn) = f.tag;
+            match tag {
+                Tag::Register => {
+                    if matches!(self.reg, RegState::Pending(id) if id == f.id) {
+                        warn!(dc = %f.dst, "the DC does not answer");
+                        self.lose_registration(format!("DC {} does not answer", f.dst));
+                        self.dc_index += 1;
+                        self.reg = RegState::Retry(now.mono + REGISTER_RETRY);
+                    }
+                }
+                Tag::Direction => {
+                    if matches!(self.peers.get(&fqdn).and_then(|p| p.building), Some(Building::AskingDc(id)) if id == f.id)
+                    {
+                        self.fail(&fqdn, "the DC did not answer".into());
+                    }
+                }
+                Tag::Tunnel => {
+                    if matches!(self.peers.get(&fqdn).and_then(|p| p.building), Some(Building::Opening(id)) if id == f.id)
+                    {
+                        self.fail(&fqdn, format!("the peer did not answer at {}", f.dst));
+                    }
+                }
+            }
+        }
+        match self.reg {
+            RegState::Fresh(t) | RegState::Retry(t) if t <= now.mono => self.register(now),
+            _ => {}
+        }
+        let late: Vec<String> = self
+            .peers
+            .values()
+            .filter(|p| matches!(p.building, Some(Building::AwaitingPeer(t)) if t <= now.mono))
+            .map(|p| p.fqdn.clone())
+            .collect();
+        for fqdn in late {
+            self.fail(&fqdn, "the peer did not open the tunnel".into());
+        }
+        self.vouches.retain(|_, v| v.expires > now.mono);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+}
+
+/// Names compare in lower case, without a trailing dot.
+pub fn normalize(fqdn: &str) -> String {
+    fqdn.trim_end_matches('.').to_ascii_lowercase()
+}
