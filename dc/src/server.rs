@@ -1,0 +1,131 @@
+//! The DC daemon: signaling sockets driving the sans-IO core, the DNS servers, and the lookups of
+//! other zones' DCs that the core asks for.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use proto::dc::{DcCommand, DcConfig, DcCore};
+use proto::exchange::Now;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::dns::{self, Authority};
+use crate::registry::SqliteRegistry;
+
+fn now() -> Now {
+    let unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    Now { mono: Instant::now(), unix_us }
+}
+
+enum Input {
+    Datagram { from: SocketAddr, payload: Vec<u8> },
+    Located { id: u64, result: Result<(String, Vec<SocketAddr>), String> },
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let registry = SqliteRegistry::open(&cfg.database, cfg.pools())
+        .with_context(|| format!("opening the registry {}", cfg.database.display()))?;
+    let core_cfg = DcConfig {
+        zone: cfg.zone.clone(),
+        secret: cfg.private_key.clone(),
+        keepalive: cfg.keepalive(),
+        enrolled: cfg.nodes.iter().map(|n| (n.fqdn.clone(), n.public_key)).collect(),
+        peers: cfg.peers.iter().map(|p| (p.zone.clone(), p.public_key)).collect(),
+    };
+    let mut core = DcCore::new(core_cfg, registry);
+
+    // DNS first, so that the zone answers as soon as the DC is up.
+    let authority = Arc::new(Authority::from_config(&cfg).context("building the zone")?);
+    for addr in &cfg.dns_listen {
+        let udp = UdpSocket::bind(addr).await.with_context(|| format!("DNS on {addr}/udp"))?;
+        let tcp = TcpListener::bind(addr).await.with_context(|| format!("DNS on {addr}/tcp"))?;
+        let (a1, a2) = (authority.clone(), authority.clone());
+        tokio::spawn(async move {
+            if let Err(e) = dns::serve_udp(udp, a1).await {
+                warn!("DNS over UDP stopped: {e}");
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(e) = dns::serve_tcp(tcp, a2).await {
+                warn!("DNS over TCP stopped: {e}");
+            }
+        });
+        info!(%addr, zone = %cfg.zone, "DNS listening");
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Input>(1024);
+    let mut sockets: Vec<Arc<UdpSocket>> = Vec::new();
+    for addr in &cfg.listen {
+        let s = Arc::new(UdpSocket::bind(addr).await.with_context(|| format!("signaling on {addr}/udp"))?);
+        info!(%addr, "signaling listening");
+        let (s2, tx2) = (s.clone(), tx.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                match s2.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                        if tx2.send(Input::Datagram { from, payload: buf[..n].to_vec() }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        debug!("signaling receive: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        sockets.push(s);
+    }
+    // Replies and route directions leave from the socket of the destination's family.
+    let send_sock: HashMap<bool, Arc<UdpSocket>> =
+        sockets.iter().filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv4(), s.clone()))).collect();
+    info!(zone = %cfg.zone, "DC running");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let deadline = core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(Input::Datagram { from, payload }) => core.handle_datagram(from, &payload, now()),
+                Some(Input::Located { id, result }) => core.dc_located(id, result, now()),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(now()),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+        while let Some(t) = core.poll_transmit() {
+            match send_sock.get(&t.dst.is_ipv4()) {
+                Some(s) => {
+                    if let Err(e) = s.send_to(&t.payload, t.dst).await {
+                        debug!(dst = %t.dst, "send failed: {e}");
+                    }
+                }
+                None => warn!(dst = %t.dst, "no signaling socket of that address family"),
+            }
+        }
+        while let Some(cmd) = core.poll_command() {
+            match cmd {
+                DcCommand::Locate { id, target } => {
+                    let (tx, resolver) = (tx.clone(), cfg.resolver);
+                    tokio::spawn(async move {
+                        let result = crate::locate::locate_dc(resolver, &target).await.map_err(|e| e.to_string());
+                        if let Err(e) = &result {
+                            info!(%target, "cannot find the target's DC: {e}");
+                        }
+                        let _ = tx.send(Input::Located { id, result }).await;
+                    });
+                }
+            }
+        }
+    }
+    info!("stopping");
+    Ok(())
+}

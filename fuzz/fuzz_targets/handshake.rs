@@ -1,0 +1,40 @@
+//! Arbitrary handshake initiations and responses at a node and a DC core.
+#![no_main]
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use proto::dc::{DcConfig, DcCore};
+use proto::exchange::Now;
+use proto::keys::SecretKey;
+use proto::node::{NodeConfig, NodeCore};
+use proto::registry::{MemRegistry, Pools};
+
+static KEYS: OnceLock<(SecretKey, SecretKey)> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let (dc_key, node_key) = KEYS.get_or_init(|| (SecretKey::generate(), SecretKey::generate()));
+    let now = Now { mono: Instant::now(), unix_us: 1 };
+    let from = "192.0.2.1:7600".parse().unwrap();
+    let mut dc = DcCore::new(
+        DcConfig {
+            zone: "z.test".into(),
+            secret: dc_key.clone(),
+            keepalive: Duration::from_secs(5),
+            enrolled: [("n.z.test".to_string(), node_key.public())].into(),
+            peers: Default::default(),
+        },
+        MemRegistry::new(Pools { v4: Some("100.64.0.0/24".parse().unwrap()), v6: None }),
+    );
+    dc.handle_datagram(from, data, now);
+    while dc.poll_transmit().is_some() {}
+    let mut node = NodeCore::new(NodeConfig {
+        fqdn: "n.z.test".into(),
+        secret: node_key.clone(),
+        dc_key: dc_key.public(),
+        dcs: vec!["192.0.2.2:7500".parse().unwrap()],
+    });
+    node.set_local_addrs(vec![from], now);
+    node.handle_datagram("192.0.2.2:7500".parse().unwrap(), data, now);
+    assert!(node.registration().is_none());
+});

@@ -1,0 +1,372 @@
+//! The daemon: one task owns the signaling core and the node table and is fed by the sockets,
+//! the data plane, the address watcher, the stub resolver and the control socket.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use proto::exchange::Now;
+use proto::msg::Path as MsgPath;
+use proto::node::{NodeConfig, NodeCore, NodeEvent, PeerState as CorePeerState};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::control::{self, ControlHandle};
+use crate::dataplane::{userspace::Userspace, Dataplane, DpEvent};
+use crate::dnsstub::{DnsStub, NtmNames, NtmZoneCache, Upstream};
+use crate::sockets::Sockets;
+use crate::status::{self, DestroyReason, Event, PathKind, PeerState, PeerStatus, Status, TunnelStatus};
+use crate::tun::Tun;
+
+/// How long a resolution waits for its tunnel.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Vips = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+
+/// What the other tasks ask of the core task.
+enum Cmd {
+    Resolve { fqdn: String, reply: oneshot::Sender<Result<Vips, String>> },
+    Show(oneshot::Sender<Status>),
+    LocalAddrs(Vec<SocketAddr>),
+}
+
+fn now() -> Now {
+    let unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    Now { mono: Instant::now(), unix_us }
+}
+
+/// The stub resolver's view of the daemon.
+struct Names {
+    own: String,
+    zones: NtmZoneCache,
+    cmds: mpsc::Sender<Cmd>,
+}
+
+impl NtmNames for Names {
+    async fn is_ntm(&self, fqdn: &str) -> bool {
+        fqdn == self.own || self.zones.is_ntm(fqdn).await
+    }
+
+    async fn resolve(&self, fqdn: &str) -> Result<Vips, String> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Resolve { fqdn: fqdn.to_string(), reply: tx }).await.map_err(|_| "daemon stopping")?;
+        match tokio::time::timeout(RESOLVE_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("daemon stopping".into()),
+            Err(_) => Err(format!("no tunnel to {fqdn} within {RESOLVE_TIMEOUT:?}")),
+        }
+    }
+}
+
+struct Daemon {
+    cfg: Config,
+    core: NodeCore,
+    dataplane: Box<dyn Dataplane>,
+    sockets: Arc<Sockets>,
+    tun: Arc<Tun>,
+    events: broadcast::Sender<Event>,
+    /// Resolutions waiting for a peer's tunnel.
+    waiters: HashMap<String, Vec<oneshot::Sender<Result<Vips, String>>>>,
+    /// The VIPs on the device (to set them only when they change).
+    device_vips: Vips,
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let sockets = Arc::new(Sockets::bind(cfg.port).context("binding the node's UDP port")?);
+    let port = sockets.port().unwrap_or(cfg.port);
+    match cfg.dataplane {
+        crate::config::Dataplane::Kernel => {
+            anyhow::bail!("dataplane = \"kernel\": the kernel data plane is not available in this build")
+        }
+        crate::config::Dataplane::Auto | crate::config::Dataplane::Userspace => {}
+    }
+    let tun = Arc::new(Tun::create(&cfg.tun.name, cfg.tun.mtu).context("creating the TUN device")?);
+    tun.add_routes(&cfg.tun.routes).context("routing the VIP ranges to the TUN device")?;
+    info!(fqdn = %cfg.fqdn, port, dev = tun.name(), "starting");
+
+    let (dp_tx, mut dp_rx) = mpsc::channel::<DpEvent>(1024);
+    let dataplane: Box<dyn Dataplane> =
+        Box::new(Userspace::start(tun.clone(), sockets.clone(), cfg.idle_timeout, dp_tx.clone()));
+
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(256);
+    let (events, _) = broadcast::channel::<Event>(1024);
+
+    // Control socket.
+    let (show_tx, mut show_rx) = mpsc::channel::<oneshot::Sender<Status>>(16);
+    let handle = ControlHandle { show: show_tx, events: events.clone() };
+    let server = control::ControlServer::bind(&cfg.control_socket)
+        .await
+        .with_context(|| format!("control socket {}", cfg.control_socket.display()))?;
+    tokio::spawn(async move {
+        if let Err(e) = server.run(handle).await {
+            warn!("control socket: {e}");
+        }
+    });
+    {
+        let cmd_tx = cmd_tx.clone();
+        tokio::spawn(async move {
+            while let Some(reply) = show_rx.recv().await {
+                if cmd_tx.send(Cmd::Show(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    // Stub resolver.
+    if !cfg.dns.listen.is_empty() {
+        let names = Arc::new(Names {
+            own: cfg.fqdn.clone(),
+            zones: NtmZoneCache::new(Upstream::new(cfg.dns.upstream.clone())),
+            cmds: cmd_tx.clone(),
+        });
+        let stub = DnsStub::bind(&cfg.dns.listen, Upstream::new(cfg.dns.upstream.clone()), names)
+            .await
+            .context("binding the stub resolver")?;
+        info!(listen = ?stub.local_addrs(), "stub resolver");
+        tokio::spawn(async move {
+            if let Err(e) = stub.run().await {
+                warn!("stub resolver: {e}");
+            }
+        });
+    }
+
+    // Own addresses.
+    let (addr_tx, mut addr_rx) = mpsc::channel(4);
+    tokio::spawn(crate::addrs::watch(port, cfg.tun.name.clone(), addr_tx));
+
+    let core = NodeCore::new(NodeConfig {
+        fqdn: cfg.fqdn.clone(),
+        secret: cfg.private_key.clone(),
+        dc_key: cfg.dc_public_key,
+        dcs: cfg.dc.clone(),
+    });
+    let mut d = Daemon {
+        cfg,
+        core,
+        dataplane,
+        sockets,
+        tun,
+        events,
+        waiters: HashMap::new(),
+        device_vips: (None, None),
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let deadline = d.core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            ev = dp_rx.recv() => match ev {
+                Some(ev) => d.on_dataplane(ev),
+                None => break,
+            },
+            cmd = cmd_rx.recv() => match cmd {
+                Some(cmd) => d.on_cmd(cmd),
+                None => break,
+            },
+            addrs = addr_rx.recv() => if let Some(a) = addrs { d.on_cmd(Cmd::LocalAddrs(a)) },
+            _ = tokio::time::sleep_until(deadline.into()) => d.core.handle_timeout(now()),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+        d.drain().await;
+    }
+    info!("stopping");
+    let _ = std::fs::remove_file(&d.cfg.control_socket);
+    Ok(())
+}
+
+impl Daemon {
+    fn on_dataplane(&mut self, ev: DpEvent) {
+        match ev {
+            DpEvent::Signaling { from, payload } => self.core.handle_datagram(from, &payload, now()),
+            DpEvent::Destroyed { local_id, fqdn, vip, reason } => {
+                info!(peer = %fqdn, reason = status::reason_str(reason), "tunnel destroyed");
+                let _ = self.events.send(Event::TunnelDestroyed {
+                    fqdn,
+                    vip: vip.map(|v| v.to_string()),
+                    reason,
+                    local_id,
+                });
+                self.core.tunnel_destroyed(local_id);
+            }
+            DpEvent::Miss { vip } => {
+                let _ = self.events.send(Event::TunnelMiss { vip: vip.to_string() });
+                match self.core.tunnel_miss(vip, now()) {
+                    Some(state) => debug!(%vip, ?state, "miss"),
+                    None => debug!(%vip, "miss for a VIP the node table does not know"),
+                }
+            }
+            DpEvent::EndpointChanged { local_id, endpoint } => {
+                if let Some(p) = self.core.peers().find(|p| p.local_id == Some(local_id)) {
+                    info!(peer = %p.fqdn, %endpoint, "peer moved");
+                    let _ = self.events.send(Event::EndpointChanged { fqdn: p.fqdn.clone(), endpoint: endpoint.to_string() });
+                }
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Resolve { fqdn, reply } => {
+                if fqdn == self.cfg.fqdn {
+                    let r = self.core.registration().map(|r| (r.vip4, r.vip6)).ok_or("not registered yet".to_string());
+                    let _ = reply.send(r);
+                    return;
+                }
+                match self.core.request(&fqdn, now()) {
+                    CorePeerState::Built => {
+                        let p = self.core.peer(&fqdn).expect("built peer");
+                        let _ = reply.send(Ok((p.vip4, p.vip6)));
+                    }
+                    CorePeerState::Building => self.waiters.entry(fqdn).or_default().push(reply),
+                    CorePeerState::None => {
+                        let why = self.core.peer(&fqdn).and_then(|p| p.last_error.clone());
+                        let _ = reply.send(Err(why.unwrap_or_else(|| "cannot build a tunnel".into())));
+                    }
+                }
+            }
+            Cmd::Show(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Cmd::LocalAddrs(addrs) => self.core.set_local_addrs(addrs, now()),
+        }
+    }
+
+    /// Sends what the core wants sent and acts on its events.
+    async fn drain(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            if let Err(e) = self.sockets.send_to(&t.payload, t.dst).await {
+                debug!(dst = %t.dst, "send failed: {e}");
+            }
+        }
+        while let Some(ev) = self.core.poll_event() {
+            self.on_core_event(ev);
+        }
+    }
+
+    fn on_core_event(&mut self, ev: NodeEvent) {
+        match ev {
+            NodeEvent::Registered { vip4, vip6, dc, observed, nat } => {
+                if self.device_vips != (vip4, vip6) {
+                    match self.tun.set_addresses(vip4, vip6) {
+                        Ok(()) => self.device_vips = (vip4, vip6),
+                        Err(e) => warn!("setting the VIPs on the device: {e}"),
+                    }
+                }
+                let _ = self.events.send(Event::Registered {
+                    vip4: vip4.map(|v| v.to_string()),
+                    vip6: vip6.map(|v| v.to_string()),
+                    dc: dc.to_string(),
+                    nat_outer: nat.then(|| observed.to_string()),
+                });
+            }
+            NodeEvent::RegistrationLost { reason } => {
+                let _ = self.events.send(Event::RegistrationLost { reason });
+            }
+            NodeEvent::PeerState { fqdn, state } => {
+                let _ = self.events.send(Event::PeerState { fqdn, state: map_state(state) });
+            }
+            NodeEvent::TunnelUp(spec) => {
+                if let Err(e) = self.dataplane.install(&spec) {
+                    warn!(peer = %spec.fqdn, "installing the tunnel: {e:#}");
+                }
+                let _ = self.events.send(Event::TunnelBuilt {
+                    fqdn: spec.fqdn.clone(),
+                    vip: first_vip(spec.vip4, spec.vip6),
+                    endpoint: spec.endpoint.to_string(),
+                    path: map_path(spec.path),
+                    local_id: spec.local_id,
+                });
+                for w in self.waiters.remove(&spec.fqdn).unwrap_or_default() {
+                    let _ = w.send(Ok((spec.vip4, spec.vip6)));
+                }
+            }
+            NodeEvent::TunnelDown { fqdn, local_id } => {
+                if let Err(e) = self.dataplane.remove(local_id) {
+                    warn!(peer = %fqdn, "removing the tunnel: {e:#}");
+                }
+                let vip = self.core.peer(&fqdn).and_then(|p| first_vip(p.vip4, p.vip6));
+                let _ = self.events.send(Event::TunnelDestroyed { fqdn, vip, reason: DestroyReason::Deleted, local_id });
+            }
+            NodeEvent::BuildFailed { fqdn, reason } => {
+                for w in self.waiters.remove(&fqdn).unwrap_or_default() {
+                    let _ = w.send(Err(reason.clone()));
+                }
+                let _ = self.events.send(Event::BuildFailed { fqdn, reason });
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let tunnels = self.dataplane.tunnels();
+        let reg = self.core.registration();
+        let mut peers: Vec<PeerStatus> = self
+            .core
+            .peers()
+            .map(|p| {
+                let t = tunnels.iter().find(|t| Some(t.local_id) == p.local_id);
+                PeerStatus {
+                    fqdn: p.fqdn.clone(),
+                    vip: first_vip(p.vip4, p.vip6),
+                    vip4: p.vip4.map(|v| v.to_string()),
+                    vip6: p.vip6.map(|v| v.to_string()),
+                    state: map_state(p.state),
+                    path: p.path.map(map_path),
+                    endpoint: t.map(|t| t.endpoint).or(p.endpoint).map(|e| e.to_string()),
+                    idle_s: t.map(|t| t.idle_s),
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
+        let mut tunnels: Vec<TunnelStatus> = tunnels
+            .into_iter()
+            .map(|t| TunnelStatus {
+                vip: t.vips.first().map(IpAddr::to_string),
+                fqdn: t.fqdn,
+                endpoint: t.endpoint.to_string(),
+                local_id: t.local_id,
+                remote_id: t.remote_id,
+                tx_packets: t.counters.tx_packets,
+                tx_bytes: t.counters.tx_bytes,
+                rx_packets: t.counters.rx_packets,
+                rx_bytes: t.counters.rx_bytes,
+                rx_dropped: t.counters.rx_dropped,
+                idle_s: t.idle_s,
+            })
+            .collect();
+        tunnels.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
+        Status {
+            fqdn: self.cfg.fqdn.clone(),
+            registered: reg.is_some(),
+            vip4: reg.and_then(|r| r.vip4).map(|v| v.to_string()),
+            vip6: reg.and_then(|r| r.vip6).map(|v| v.to_string()),
+            dc: reg.map(|r| r.dc.to_string()),
+            nat_outer: reg.filter(|r| r.nat).map(|r| r.observed.to_string()),
+            dataplane: self.dataplane.name().to_string(),
+            peers,
+            tunnels,
+        }
+    }
+}
+
+fn first_vip(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Option<String> {
+    v4.map(|v| v.to_string()).or(v6.map(|v| v.to_string()))
+}
+
+fn map_state(s: CorePeerState) -> PeerState {
+    match s {
+        CorePeerState::Built => PeerState::Built,
+        CorePeerState::Building => PeerState::Building,
+        CorePeerState::None => PeerState::None,
+    }
+}
+
+fn map_path(p: MsgPath) -> PathKind {
+    match p {
+        MsgPath::Direct => PathKind::Direct,
+        MsgPath::Relay => PathKind::Relay,
+    }
+}

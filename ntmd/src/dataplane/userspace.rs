@@ -1,0 +1,219 @@
+//! The userspace data plane: IP packets read from the TUN device are sealed into the peer's
+//! tunnel and sent from the node's UDP socket; data packets received on that socket are opened
+//! and written to the TUN device; every other datagram goes to the signaling core. One task
+//! sweeps idle tunnels at the next deadline.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::node::TunnelSpec;
+use proto::tunnel::{EncapError, Reason, TunnelTable};
+use proto::wire;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, warn};
+
+use super::{Dataplane, DpEvent, TunnelInfo};
+use crate::sockets::Sockets;
+use crate::status::DestroyReason;
+use crate::tun::Tun;
+
+/// At most one miss event per VIP in this interval.
+const MISS_EVERY: Duration = Duration::from_secs(1);
+/// Drop logs at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+struct Shared {
+    table: Mutex<TunnelTable>,
+    /// Wakes the sweeper when the earliest deadline may have moved.
+    rearm: Notify,
+}
+
+pub struct Userspace {
+    shared: Arc<Shared>,
+}
+
+impl Userspace {
+    /// Starts the data plane's tasks on `tun` and `sockets`; events go to `events`.
+    pub fn start(
+        tun: Arc<Tun>,
+        sockets: Arc<Sockets>,
+        idle_timeout: Duration,
+        events: mpsc::Sender<DpEvent>,
+    ) -> Userspace {
+        let shared =
+            Arc::new(Shared { table: Mutex::new(TunnelTable::new(idle_timeout)), rearm: Notify::new() });
+        tokio::spawn(tun_reader(tun.clone(), sockets.clone(), shared.clone(), events.clone()));
+        for sock in [sockets.v4.clone(), sockets.v6.clone()].into_iter().flatten() {
+            tokio::spawn(udp_reader(sock, tun.clone(), shared.clone(), events.clone()));
+        }
+        tokio::spawn(sweeper(shared.clone(), events));
+        Userspace { shared }
+    }
+}
+
+impl Dataplane for Userspace {
+    fn name(&self) -> &'static str {
+        "userspace"
+    }
+
+    fn install(&self, spec: &TunnelSpec) -> anyhow::Result<()> {
+        self.shared.table.lock().expect("table lock").insert(spec, Instant::now());
+        self.shared.rearm.notify_one();
+        Ok(())
+    }
+
+    fn remove(&self, local_id: u32) -> anyhow::Result<()> {
+        self.shared.table.lock().expect("table lock").remove(local_id, Reason::Deleted);
+        Ok(())
+    }
+
+    fn set_endpoint(&self, local_id: u32, endpoint: SocketAddr) -> anyhow::Result<()> {
+        self.shared.table.lock().expect("table lock").set_endpoint(local_id, endpoint);
+        Ok(())
+    }
+
+    fn tunnels(&self) -> Vec<TunnelInfo> {
+        let now = Instant::now();
+        let table = self.shared.table.lock().expect("table lock");
+        table
+            .iter()
+            .map(|t| TunnelInfo {
+                fqdn: t.fqdn.clone(),
+                vips: t.vips.clone(),
+                endpoint: t.endpoint,
+                local_id: t.local_id,
+                remote_id: t.remote_id,
+                counters: t.counters,
+                idle_s: now.saturating_duration_since(t.last_data).as_secs(),
+            })
+            .collect()
+    }
+}
+
+/// A log line at most every `LOG_EVERY`, with the count of what it stands for.
+struct RateLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLog {
+    fn new() -> Self {
+        Self { last: None, suppressed: 0 }
+    }
+    fn hit(&mut self, f: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self.last.is_none_or(|l| now.duration_since(l) >= LOG_EVERY) {
+            f(self.suppressed);
+            self.last = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+async fn tun_reader(tun: Arc<Tun>, sockets: Arc<Sockets>, shared: Arc<Shared>, events: mpsc::Sender<DpEvent>) {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(65536 + wire::DATA_OVERHEAD);
+    let mut misses: HashMap<IpAddr, Instant> = HashMap::new();
+    let mut log = RateLog::new();
+    loop {
+        let n = match tun.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("reading the TUN device: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let r = shared.table.lock().expect("table lock").encapsulate(&buf[..n], &mut out, now);
+        match r {
+            Ok(dst) => {
+                if let Err(e) = sockets.try_send_to(&out, dst) {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        log.hit(|s| debug!(%dst, suppressed = s, "tunnel send failed: {e}"));
+                    }
+                }
+            }
+            Err(EncapError::Miss(vip)) => {
+                let due = misses.get(&vip).is_none_or(|t| now.duration_since(*t) >= MISS_EVERY);
+                if due {
+                    misses.insert(vip, now);
+                    if misses.len() > 4096 {
+                        misses.retain(|_, t| now.duration_since(*t) < MISS_EVERY);
+                    }
+                    let _ = events.try_send(DpEvent::Miss { vip });
+                }
+            }
+            Err(e) => log.hit(|s| debug!(suppressed = s, "dropped a packet from the TUN device: {e}")),
+        }
+    }
+}
+
+async fn udp_reader(sock: Arc<UdpSocket>, tun: Arc<Tun>, shared: Arc<Shared>, events: mpsc::Sender<DpEvent>) {
+    let mut buf = vec![0u8; 65536];
+    let mut log = RateLog::new();
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("receiving on the UDP socket: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        if wire::packet_type(&buf[..n]) != Some(wire::TYPE_DATA) {
+            if events.send(DpEvent::Signaling { from, payload: buf[..n].to_vec() }).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let r = shared.table.lock().expect("table lock").decapsulate(from, &mut buf[..n], Instant::now());
+        match r {
+            Ok(d) => {
+                if let Some(endpoint) = d.roamed {
+                    let _ = events.try_send(DpEvent::EndpointChanged { local_id: d.local_id, endpoint });
+                }
+                if d.len > 0 {
+                    if let Err(e) = tun.send(&buf[d.start..d.start + d.len]).await {
+                        log.hit(|s| debug!(suppressed = s, "writing to the TUN device: {e}"));
+                    }
+                }
+            }
+            Err(e) => log.hit(|s| debug!(%from, suppressed = s, "dropped a data packet: {e}")),
+        }
+    }
+}
+
+async fn sweeper(shared: Arc<Shared>, events: mpsc::Sender<DpEvent>) {
+    loop {
+        let next = shared.table.lock().expect("table lock").next_expiry();
+        match next {
+            Some(t) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(t.into()) => {}
+                    _ = shared.rearm.notified() => continue,
+                }
+            }
+            None => {
+                shared.rearm.notified().await;
+                continue;
+            }
+        }
+        let gone = shared.table.lock().expect("table lock").sweep(Instant::now());
+        for d in gone {
+            let reason = match d.reason {
+                Reason::Idle => DestroyReason::Idle,
+                Reason::Deleted => DestroyReason::Deleted,
+            };
+            if events.send(DpEvent::Destroyed { local_id: d.local_id, fqdn: d.fqdn, vip: d.vip, reason }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
