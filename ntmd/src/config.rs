@@ -1,0 +1,484 @@
+//! `ntmd`'s TOML configuration (`--config FILE`): parsed strictly (unknown keys are errors),
+//! validated, with every error naming the file, the key and its line.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use proto::keys::{PublicKey, SecretKey};
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_PORT: u16 = 7600;
+pub const DEFAULT_DC_PORT: u16 = 7500;
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 180;
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/ntm/ntmd.sock";
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:53";
+pub const DEFAULT_TUN_NAME: &str = "ntm0";
+pub const DEFAULT_TUN_MTU: u16 = 1420;
+/// The VIP ranges routed into the TUN device unless `tun.routes` says otherwise.
+pub const DEFAULT_TUN_ROUTES: [&str; 2] = ["100.64.0.0/10", "fd4e:544d::/32"];
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The node's FQDN, lowercase, without the trailing dot.
+    pub fqdn: String,
+    pub private_key: SecretKey,
+    pub dc_public_key: PublicKey,
+    /// The DC's signaling addresses, tried in order.
+    pub dc: Vec<SocketAddr>,
+    /// The node's UDP port for signaling and tunnels (0: any free port).
+    pub port: u16,
+    /// Idle time after which a tunnel is torn down.
+    pub idle_timeout: Duration,
+    pub dataplane: Dataplane,
+    pub control_socket: PathBuf,
+    pub dns: DnsConfig,
+    pub tun: TunConfig,
+}
+
+/// Which data plane carries tunnel packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// TUN device + UDP socket in `ntmd`.
+    Userspace,
+    /// The `ntm.ko` kernel module.
+    Kernel,
+    /// The kernel module if it is loaded, else userspace.
+    #[default]
+    Auto,
+}
+
+impl fmt::Display for Dataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dataplane::Userspace => "userspace",
+            Dataplane::Kernel => "kernel",
+            Dataplane::Auto => "auto",
+        })
+    }
+}
+
+/// The stub resolver (`[dns]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Where the stub listens (UDP and TCP); empty disables it.
+    pub listen: Vec<SocketAddr>,
+    /// Resolvers for every name that is not an NTM name, tried in order.
+    pub upstream: Vec<SocketAddr>,
+}
+
+/// The TUN device of the userspace data plane (`[tun]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunConfig {
+    pub name: String,
+    pub mtu: u16,
+    /// Prefixes routed into the device (the VIP ranges).
+    pub routes: Vec<IpNet>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The TOML crate's message, which carries the line, the column and the offending key.
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{path}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid { path: PathBuf, line: Option<usize>, key: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    fqdn: Spanned<String>,
+    private_key: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<PathBuf>>,
+    dc_public_key: Spanned<String>,
+    dc: Spanned<Vec<Spanned<String>>>,
+    port: Option<u16>,
+    idle_timeout_s: Option<Spanned<u64>>,
+    #[serde(default)]
+    dataplane: Dataplane,
+    control_socket: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    tun: RawTun,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
+    upstream: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTun {
+    name: Option<Spanned<String>>,
+    mtu: Option<Spanned<u16>>,
+    routes: Option<Vec<Spanned<String>>>,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` names the file in errors, and relative
+    /// `private_key_file` paths are taken from its directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?;
+        Validator { text, path }.config(raw)
+    }
+}
+
+/// Turns the raw TOML values into a [`Config`], locating errors in `text`.
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: &str, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> ConfigError {
+        let line = span.map(|s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1);
+        ConfigError::Invalid { path: self.path.to_owned(), line, key: key.to_owned(), message: message.into() }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let fqdn = check_fqdn(raw.fqdn.get_ref()).map_err(|m| self.err("fqdn", Some(raw.fqdn.span()), m))?;
+        let private_key = self.private_key(raw.private_key, raw.private_key_file)?;
+        let dc_public_key = PublicKey::from_base64(raw.dc_public_key.get_ref())
+            .map_err(|e| self.err("dc_public_key", Some(raw.dc_public_key.span()), e.to_string()))?;
+        let dc = self.addrs("dc", raw.dc.get_ref(), DEFAULT_DC_PORT)?;
+        if dc.is_empty() {
+            return Err(self.err("dc", Some(raw.dc.span()), "at least one DC address is needed"));
+        }
+        let idle_timeout_s = match raw.idle_timeout_s {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(self.err("idle_timeout_s", Some(v.span()), "must be at least 1 second"))
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_IDLE_TIMEOUT_S,
+        };
+        let control_socket = match raw.control_socket {
+            Some(p) if p.get_ref().as_os_str().is_empty() => {
+                return Err(self.err("control_socket", Some(p.span()), "must not be empty"))
+            }
+            Some(p) => p.into_inner(),
+            None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        };
+        Ok(Config {
+            fqdn,
+            private_key,
+            dc_public_key,
+            dc,
+            port: raw.port.unwrap_or(DEFAULT_PORT),
+            idle_timeout: Duration::from_secs(idle_timeout_s),
+            dataplane: raw.dataplane,
+            control_socket,
+            dns: self.dns(raw.dns)?,
+            tun: self.tun(raw.tun)?,
+        })
+    }
+
+    fn private_key(
+        &self,
+        inline: Option<Spanned<String>>,
+        file: Option<Spanned<PathBuf>>,
+    ) -> Result<SecretKey, ConfigError> {
+        match (inline, file) {
+            (Some(k), None) => {
+                SecretKey::from_base64(k.get_ref()).map_err(|e| self.err("private_key", Some(k.span()), e.to_string()))
+            }
+            (None, Some(f)) => {
+                let span = Some(f.span());
+                let file = self.path.parent().unwrap_or(Path::new("")).join(f.get_ref());
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    self.err("private_key_file", span.clone(), format!("cannot read {}: {e}", file.display()))
+                })?;
+                warn_if_readable_by_others(&file);
+                SecretKey::from_base64(&text)
+                    .map_err(|e| self.err("private_key_file", span, format!("{}: {e}", file.display())))
+            }
+            (Some(k), Some(_)) => {
+                Err(self.err("private_key", Some(k.span()), "give either private_key or private_key_file, not both"))
+            }
+            (None, None) => Err(self.err(
+                "private_key",
+                None,
+                "missing: give private_key (base64) or private_key_file (generate one with `ntmctl genkey`)",
+            )),
+        }
+    }
+
+    fn addrs(&self, key: &str, list: &[Spanned<String>], default_port: u16) -> Result<Vec<SocketAddr>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                parse_addr(s.get_ref(), default_port).map_err(|m| self.err(&format!("{key}[{i}]"), Some(s.span()), m))
+            })
+            .collect()
+    }
+
+    fn dns(&self, raw: RawDns) -> Result<DnsConfig, ConfigError> {
+        let listen = match &raw.listen {
+            Some(l) => self.addrs("dns.listen", l.get_ref(), 53)?,
+            None => vec![parse_addr(DEFAULT_DNS_LISTEN, 53).expect("default is valid")],
+        };
+        let upstream = match &raw.upstream {
+            Some(u) => self.addrs("dns.upstream", u.get_ref(), 53)?,
+            None => Vec::new(),
+        };
+        if !listen.is_empty() && upstream.is_empty() {
+            let span = raw.upstream.as_ref().map(|u| u.span()).or(raw.listen.as_ref().map(|l| l.span()));
+            return Err(self.err(
+                "dns.upstream",
+                span,
+                "at least one upstream resolver is needed while dns.listen is not empty",
+            ));
+        }
+        if let Some((i, a)) = upstream.iter().enumerate().find(|(_, a)| listen.contains(a)) {
+            let span = raw.upstream.as_ref().and_then(|u| u.get_ref().get(i)).map(|s| s.span());
+            return Err(self.err(
+                &format!("dns.upstream[{i}]"),
+                span,
+                format!("{a} is also in dns.listen: queries would loop"),
+            ));
+        }
+        Ok(DnsConfig { listen, upstream })
+    }
+
+    fn tun(&self, raw: RawTun) -> Result<TunConfig, ConfigError> {
+        let name = match raw.name {
+            Some(n) => {
+                check_ifname(n.get_ref()).map_err(|m| self.err("tun.name", Some(n.span()), m))?;
+                n.into_inner()
+            }
+            None => DEFAULT_TUN_NAME.to_owned(),
+        };
+        let mtu = match raw.mtu {
+            Some(m) if *m.get_ref() < 1280 => {
+                return Err(self.err("tun.mtu", Some(m.span()), "must be at least 1280 (the IPv6 minimum)"))
+            }
+            Some(m) => *m.get_ref(),
+            None => DEFAULT_TUN_MTU,
+        };
+        let routes = match raw.routes {
+            Some(r) => r
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    parse_route(s.get_ref()).map_err(|m| self.err(&format!("tun.routes[{i}]"), Some(s.span()), m))
+                })
+                .collect::<Result<_, _>>()?,
+            None => DEFAULT_TUN_ROUTES.iter().map(|r| r.parse().expect("default is valid")).collect(),
+        };
+        Ok(TunConfig { name, mtu, routes })
+    }
+}
+
+/// Lowercases and checks a DNS name of at least two labels; strips a trailing dot.
+fn check_fqdn(name: &str) -> Result<String, String> {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if name.len() > 253 {
+        return Err(format!("{name:?} is longer than 253 characters"));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return Err(format!("{name:?} is not a fully qualified name (like rpi.home.ntm.test)"));
+    }
+    for label in labels {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!("{name:?}: label {label:?} must be 1 to 63 letters, digits or inner hyphens"));
+        }
+    }
+    Ok(name)
+}
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("{name:?} must be 1 to 15 bytes long"));
+    }
+    if name == "." || name == ".." || name.contains(['/', ':']) || name.contains(char::is_whitespace) {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok(())
+}
+
+/// `ip:port`, `[ip6]:port`, or a bare address that gets `default_port`.
+fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    let addr = s
+        .parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, default_port)))
+        .or_else(|_| {
+            let inner = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).ok_or(())?;
+            inner.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, default_port)).map_err(|_| ())
+        })
+        .map_err(|_| format!("{s:?} is not an address (like 198.18.0.53:53 or [2001:db8::53]:53)"))?;
+    if addr.port() == 0 {
+        return Err(format!("{s:?}: port 0 is not allowed here"));
+    }
+    Ok(addr)
+}
+
+fn parse_route(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = s.parse().map_err(|_| format!("{s:?} is not a prefix (like 100.64.0.0/10)"))?;
+    if net.trunc() != net {
+        return Err(format!("{s:?} has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(net)
+}
+
+fn warn_if_readable_by_others(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(file) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %file.display(), "private key file is accessible by group or others; chmod 600 it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn minimal(extra: &str) -> String {
+        format!(
+            "fqdn = \"rpi.home.ntm.test\"\nprivate_key = \"{KEY}\"\ndc_public_key = \"{KEY}\"\n\
+             dc = [\"198.18.40.2:7500\"]\n{extra}\n[dns]\nupstream = [\"198.18.0.53\"]\n"
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ntmd.toml");
+        let c = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.fqdn, "rpi.home.ntm.test");
+        assert_eq!(c.dc, ["198.18.40.2:7500".parse().unwrap(), "[2001:db8:40::2]:7500".parse().unwrap()]);
+        assert_eq!(c.port, 7600);
+        assert_eq!(c.idle_timeout, Duration::from_secs(10));
+        assert_eq!(c.dataplane, Dataplane::Userspace);
+        assert_eq!(c.dns.listen, ["127.0.0.1:53".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.dns.upstream, ["198.18.0.53:53".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.tun.name, "ntm0");
+        assert_eq!(c.tun.mtu, 1420);
+        assert_eq!(c.tun.routes.len(), 2);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse(&minimal("")).unwrap();
+        assert_eq!(c.port, DEFAULT_PORT);
+        assert_eq!(c.idle_timeout, Duration::from_secs(180));
+        assert_eq!(c.dataplane, Dataplane::Auto);
+        assert_eq!(c.control_socket, Path::new("/run/ntm/ntmd.sock"));
+        assert_eq!(c.dns.listen, ["127.0.0.1:53".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.tun.name, "ntm0");
+        assert_eq!(c.tun.mtu, 1420);
+        let routes: Vec<IpNet> = DEFAULT_TUN_ROUTES.iter().map(|r| r.parse().unwrap()).collect();
+        assert_eq!(c.tun.routes, routes);
+        assert_eq!(c.private_key.to_base64(), KEY);
+    }
+
+    #[test]
+    fn unknown_key_rejected_with_line() {
+        let text = minimal("colour = \"blue\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml: "), "{e}");
+        assert!(e.contains("line 5"), "{e}");
+        assert!(e.contains("colour"), "{e}");
+
+        let text = minimal("").replace("[dns]\n", "[dns]\nlisten_on = []\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("line 7") && e.contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn bad_key_length_rejected() {
+        let text = minimal("").replace(&format!("dc_public_key = \"{KEY}\""), "dc_public_key = \"AAECAw==\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(e, "test.toml:3: dc_public_key: a key is 32 bytes, this one is 4");
+
+        let text = minimal("").replace(&format!("private_key = \"{KEY}\""), "private_key = \"not base64!\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(e, "test.toml:2: private_key: not valid base64");
+    }
+
+    #[test]
+    fn private_key_file_is_read_relative_to_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node.key"), format!("{KEY}\n")).unwrap();
+        let text = minimal("").replace(&format!("private_key = \"{KEY}\""), "private_key_file = \"node.key\"");
+        let c = Config::parse(&text, &dir.path().join("ntmd.toml")).unwrap();
+        assert_eq!(c.private_key.to_base64(), KEY);
+
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:2: private_key_file: cannot read node.key"), "{e}");
+
+        let both = minimal("private_key_file = \"node.key\"");
+        let e = parse(&both).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_key_and_line() {
+        let cases = [
+            (minimal("").replace("rpi.home.ntm.test", "rpi"), "test.toml:1: fqdn:"),
+            (minimal("").replace("198.18.40.2:7500", "dc.example:7500"), "test.toml:4: dc[0]:"),
+            (minimal("idle_timeout_s = 0"), "test.toml:5: idle_timeout_s:"),
+            (minimal("[tun]\nmtu = 1000"), "test.toml:6: tun.mtu:"),
+            (minimal("[tun]\nroutes = [\"100.64.0.1/10\"]"), "test.toml:6: tun.routes[0]:"),
+            (minimal("[tun]\nname = \"a-very-long-interface\""), "test.toml:6: tun.name:"),
+            (minimal("").replace("upstream = [\"198.18.0.53\"]", "upstream = []"), "test.toml:7: dns.upstream:"),
+            (
+                minimal("")
+                    .replace("upstream = [\"198.18.0.53\"]", "listen = [\"127.0.0.1\"]\nupstream = [\"127.0.0.1:53\"]"),
+                "test.toml:8: dns.upstream[0]:",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+        let e = parse(&minimal("dataplane = \"ebpf\"")).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("ebpf"), "{e}");
+    }
+
+    #[test]
+    fn empty_listen_disables_stub_without_upstream() {
+        let text = minimal("").replace("upstream = [\"198.18.0.53\"]", "listen = []");
+        let c = parse(&text).unwrap();
+        assert!(c.dns.listen.is_empty() && c.dns.upstream.is_empty());
+    }
+
+    #[test]
+    fn addresses_accept_bare_ips() {
+        assert_eq!(parse_addr("198.18.0.53", 53).unwrap(), "198.18.0.53:53".parse().unwrap());
+        assert_eq!(parse_addr("2001:db8::53", 53).unwrap(), "[2001:db8::53]:53".parse().unwrap());
+        assert_eq!(parse_addr("[2001:db8::53]", 53).unwrap(), "[2001:db8::53]:53".parse().unwrap());
+        assert!(parse_addr("1.2.3.4:0", 53).is_err());
+    }
+}
