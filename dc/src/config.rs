@@ -1,0 +1,574 @@
+//! The DC's TOML configuration (`--config FILE`). Unknown keys are errors.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use ipnet::{Ipv4Net, Ipv6Net};
+use proto::keys::{PublicKey, SecretKey};
+use proto::registry::Pools;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// Default signaling port of a DC.
+pub const DEFAULT_PORT: u16 = 7500;
+const DEFAULT_KEEPALIVE_S: u64 = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The toml error names the line, the column and the key.
+    #[error("{}: {source}", path.display())]
+    Parse { path: PathBuf, source: toml::de::Error },
+    /// A value that parsed but does not make sense; `line` is 1-based.
+    #[error("{}{}: {key}: {msg}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid { path: PathBuf, line: Option<usize>, key: String, msg: String },
+}
+
+/// The validated configuration of a DC. Names are lowercase, without a trailing dot.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The zone this DC is authoritative for, e.g. "home.ntm.test".
+    pub zone: String,
+    /// The DC's own name; its A/AAAA records are `addresses`.
+    pub name: String,
+    pub private_key: SecretKey,
+    /// Signaling sockets (UDP).
+    pub listen: Vec<SocketAddr>,
+    /// DNS sockets (UDP and TCP).
+    pub dns_listen: Vec<SocketAddr>,
+    /// The DC's public addresses (default: the specific IPs of `listen`).
+    pub addresses: Vec<IpAddr>,
+    pub database: PathBuf,
+    /// Upstream resolver used to find other zones' DCs.
+    pub resolver: SocketAddr,
+    pub keepalive_s: u64,
+    pub control_socket: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub pools: PoolsConfig,
+    pub nodes: Vec<NodeConfig>,
+    pub nps: Vec<NpsConfig>,
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolsConfig {
+    pub ipv4: Option<Ipv4Net>,
+    pub ipv6: Option<Ipv6Net>,
+}
+
+/// An enrolled node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub fqdn: String,
+    pub public_key: PublicKey,
+    /// The `[[nps]]` this node is served through: its name resolves to that NPS's addresses.
+    pub nps: Option<String>,
+}
+
+/// An NTMobile Proxy Server serving some of this zone's nodes.
+#[derive(Debug, Clone)]
+pub struct NpsConfig {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Another zone's DC that this DC trusts.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub zone: String,
+    pub public_key: PublicKey,
+}
+
+/// The file as written; spans locate validation errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    zone: Spanned<String>,
+    name: Spanned<String>,
+    #[serde(default, deserialize_with = "de_opt_secret_key")]
+    private_key: Option<SecretKey>,
+    private_key_file: Option<Spanned<PathBuf>>,
+    listen: Spanned<Vec<SocketAddr>>,
+    dns_listen: Vec<SocketAddr>,
+    addresses: Option<Spanned<Vec<IpAddr>>>,
+    database: PathBuf,
+    #[serde(deserialize_with = "de_resolver")]
+    resolver: SocketAddr,
+    keepalive_s: Option<Spanned<u64>>,
+    control_socket: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
+    pools: Spanned<RawPools>,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+    #[serde(default)]
+    nps: Vec<RawNps>,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPools {
+    ipv4: Option<Spanned<Ipv4Net>>,
+    ipv6: Option<Spanned<Ipv6Net>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    fqdn: Spanned<String>,
+    #[serde(deserialize_with = "de_public_key")]
+    public_key: PublicKey,
+    nps: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNps {
+    name: Spanned<String>,
+    addresses: Spanned<Vec<IpAddr>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    zone: Spanned<String>,
+    #[serde(deserialize_with = "de_public_key")]
+    public_key: PublicKey,
+}
+
+fn de_public_key<'de, D: Deserializer<'de>>(d: D) -> Result<PublicKey, D::Error> {
+    let s = String::deserialize(d)?;
+    PublicKey::from_base64(&s).map_err(|e| serde::de::Error::custom(format!("expected a base64 X25519 key: {e}")))
+}
+
+fn de_opt_secret_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretKey>, D::Error> {
+    let s = String::deserialize(d)?;
+    SecretKey::from_base64(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("expected a base64 X25519 key: {e}")))
+}
+
+/// "198.18.0.53:53", or a bare IP meaning port 53.
+fn de_resolver<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| serde::de::Error::custom(format!("expected an IP address with optional port, got {s:?}")))
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` names the file in errors and anchors a relative
+    /// `private_key_file`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        let invalid = |span: Option<Range<usize>>, key: &str, msg: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: span.map(|s| line_of(text, s.start)),
+            key: key.to_string(),
+            msg,
+        };
+
+        let zone = dns_name(raw.zone.get_ref()).map_err(|m| invalid(Some(raw.zone.span()), "zone", m))?;
+        let name = dns_name(raw.name.get_ref()).map_err(|m| invalid(Some(raw.name.span()), "name", m))?;
+
+        let private_key = match (raw.private_key, &raw.private_key_file) {
+            (Some(k), None) => k,
+            (None, Some(file)) => {
+                read_key_file(path, file.get_ref()).map_err(|m| invalid(Some(file.span()), "private_key_file", m))?
+            }
+            (Some(_), Some(file)) => {
+                let msg = "set either private_key or private_key_file, not both".into();
+                return Err(invalid(Some(file.span()), "private_key_file", msg));
+            }
+            (None, None) => return Err(invalid(None, "private_key", "missing (or set private_key_file)".into())),
+        };
+
+        let listen_span = raw.listen.span();
+        let listen = raw.listen.into_inner();
+        if listen.is_empty() {
+            return Err(invalid(Some(listen_span), "listen", "needs at least one address".into()));
+        }
+        let addresses = match raw.addresses {
+            Some(a) => {
+                let span = a.span();
+                let addresses = a.into_inner();
+                if addresses.is_empty() {
+                    return Err(invalid(Some(span), "addresses", "needs at least one address".into()));
+                }
+                if let Some(ip) = addresses.iter().find(|ip| ip.is_unspecified()) {
+                    return Err(invalid(Some(span), "addresses", format!("{ip} is not a usable address")));
+                }
+                addresses
+            }
+            None => {
+                let mut addresses = Vec::new();
+                for ip in listen.iter().map(|sa| sa.ip()).filter(|ip| !ip.is_unspecified()) {
+                    if !addresses.contains(&ip) {
+                        addresses.push(ip);
+                    }
+                }
+                if addresses.is_empty() {
+                    let msg = "missing, and every listen address is a wildcard".into();
+                    return Err(invalid(Some(listen_span), "addresses", msg));
+                }
+                addresses
+            }
+        };
+        let keepalive_s = match raw.keepalive_s {
+            None => DEFAULT_KEEPALIVE_S,
+            Some(k) if *k.get_ref() == 0 => {
+                return Err(invalid(Some(k.span()), "keepalive_s", "must be at least 1".into()))
+            }
+            Some(k) => k.into_inner(),
+        };
+
+        let pools_span = raw.pools.span();
+        let pools = raw.pools.into_inner();
+        check_pools(&pools).map_err(|(span, k, m)| invalid(Some(span.unwrap_or(pools_span)), k, m))?;
+        let pools =
+            PoolsConfig { ipv4: pools.ipv4.map(Spanned::into_inner), ipv6: pools.ipv6.map(Spanned::into_inner) };
+
+        let mut nps = Vec::with_capacity(raw.nps.len());
+        for (i, n) in raw.nps.into_iter().enumerate() {
+            let key = |field: &str| format!("nps[{i}].{field}");
+            if n.name.get_ref().is_empty() {
+                return Err(invalid(Some(n.name.span()), &key("name"), "must not be empty".into()));
+            }
+            if nps.iter().any(|o: &NpsConfig| o.name == *n.name.get_ref()) {
+                let msg = format!("duplicate NPS {:?}", n.name.get_ref());
+                return Err(invalid(Some(n.name.span()), &key("name"), msg));
+            }
+            if n.addresses.get_ref().is_empty() {
+                let msg = "needs at least one address".into();
+                return Err(invalid(Some(n.addresses.span()), &key("addresses"), msg));
+            }
+            nps.push(NpsConfig { name: n.name.into_inner(), addresses: n.addresses.into_inner() });
+        }
+
+        let mut nodes: Vec<NodeConfig> = Vec::with_capacity(raw.nodes.len());
+        for (i, n) in raw.nodes.into_iter().enumerate() {
+            let key = |field: &str| format!("nodes[{i}].{field}");
+            let err = |msg: String| invalid(Some(n.fqdn.span()), &key("fqdn"), msg);
+            let fqdn = dns_name(n.fqdn.get_ref()).map_err(err)?;
+            if !is_below(&fqdn, &zone) {
+                return Err(err(format!("{fqdn:?} is not inside zone {zone:?}")));
+            }
+            if fqdn == name || fqdn == format!("_ntm._udp.{zone}") {
+                return Err(err(format!("{fqdn:?} is a name the DC itself uses")));
+            }
+            if nodes.iter().any(|o| o.fqdn == fqdn) {
+                return Err(err(format!("duplicate node {fqdn:?}")));
+            }
+            if let Some(r) = &n.nps {
+                if !nps.iter().any(|o| o.name == *r.get_ref()) {
+                    let msg = format!("no [[nps]] is named {:?}", r.get_ref());
+                    return Err(invalid(Some(r.span()), &key("nps"), msg));
+                }
+            }
+            nodes.push(NodeConfig { fqdn, public_key: n.public_key, nps: n.nps.map(Spanned::into_inner) });
+        }
+
+        let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
+        for (i, p) in raw.peers.into_iter().enumerate() {
+            let err = |msg: String| invalid(Some(p.zone.span()), &format!("peers[{i}].zone"), msg);
+            let pzone = dns_name(p.zone.get_ref()).map_err(err)?;
+            if pzone == zone {
+                return Err(err("is this DC's own zone".into()));
+            }
+            if peers.iter().any(|o| o.zone == pzone) {
+                return Err(err(format!("duplicate peer zone {pzone:?}")));
+            }
+            peers.push(PeerConfig { zone: pzone, public_key: p.public_key });
+        }
+
+        Ok(Config {
+            zone,
+            name,
+            private_key,
+            listen,
+            dns_listen: raw.dns_listen,
+            addresses,
+            database: raw.database,
+            resolver: raw.resolver,
+            keepalive_s,
+            control_socket: raw.control_socket,
+            metrics_listen: raw.metrics_listen,
+            pools,
+            nodes,
+            nps,
+            peers,
+        })
+    }
+
+    /// The VIP pools, as the registry takes them.
+    pub fn pools(&self) -> Pools {
+        Pools { v4: self.pools.ipv4, v6: self.pools.ipv6 }
+    }
+
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive_s)
+    }
+
+    /// The signaling port published in the zone's SRV record (the first `listen` port).
+    pub fn signaling_port(&self) -> u16 {
+        self.listen.first().map_or(DEFAULT_PORT, |sa| sa.port())
+    }
+
+    /// The enrolled node `fqdn` (case-insensitive, trailing dot ignored).
+    pub fn node(&self, fqdn: &str) -> Option<&NodeConfig> {
+        let fqdn = fqdn.strip_suffix('.').unwrap_or(fqdn);
+        self.nodes.iter().find(|n| n.fqdn.eq_ignore_ascii_case(fqdn))
+    }
+
+    pub fn nps_named(&self, name: &str) -> Option<&NpsConfig> {
+        self.nps.iter().find(|n| n.name == name)
+    }
+
+    /// The trusted peer DC of `zone` (case-insensitive, trailing dot ignored).
+    pub fn peer(&self, zone: &str) -> Option<&PeerConfig> {
+        let zone = zone.strip_suffix('.').unwrap_or(zone);
+        self.peers.iter().find(|p| p.zone.eq_ignore_ascii_case(zone))
+    }
+}
+
+/// Checks a DNS name and returns it lowercase without the trailing dot.
+fn dns_name(s: &str) -> Result<String, String> {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Name::from_ascii(s).map_err(|e| format!("{s:?} is not a valid DNS name: {e}"))?;
+    Ok(s.to_ascii_lowercase())
+}
+
+/// True if `name` is strictly below `zone` (both normalized).
+fn is_below(name: &str, zone: &str) -> bool {
+    name.len() > zone.len() + 1 && name.ends_with(zone) && name.as_bytes()[name.len() - zone.len() - 1] == b'.'
+}
+
+/// 1-based line of the byte offset `pos`.
+fn line_of(text: &str, pos: usize) -> usize {
+    text.as_bytes()[..pos.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+type PoolProblem = (Option<Range<usize>>, &'static str, String);
+
+fn check_pools(p: &RawPools) -> Result<(), PoolProblem> {
+    if p.ipv4.is_none() && p.ipv6.is_none() {
+        return Err((None, "pools", "set ipv4, ipv6 or both".into()));
+    }
+    if let Some(net) = &p.ipv4 {
+        let (span, net) = (net.span(), *net.get_ref());
+        if net != net.trunc() {
+            let msg = format!("{net} has host bits set (did you mean {}?)", net.trunc());
+            return Err((Some(span), "pools.ipv4", msg));
+        }
+        if (Pools { v4: Some(net), v6: None }).v4_candidate(0).is_none() {
+            return Err((Some(span), "pools.ipv4", format!("{net} has no room for any VIP")));
+        }
+    }
+    if let Some(net) = &p.ipv6 {
+        let (span, net) = (net.span(), *net.get_ref());
+        if net != net.trunc() {
+            let msg = format!("{net} has host bits set (did you mean {}?)", net.trunc());
+            return Err((Some(span), "pools.ipv6", msg));
+        }
+        if (Pools { v4: None, v6: Some(net) }).v6_candidate(0).is_none() {
+            return Err((Some(span), "pools.ipv6", format!("{net} has no room for any VIP")));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a base64 key file, relative to the config file's directory.
+fn read_key_file(config_path: &Path, file: &Path) -> Result<SecretKey, String> {
+    let full = match config_path.parent() {
+        Some(dir) if file.is_relative() => dir.join(file),
+        _ => file.to_path_buf(),
+    };
+    let text = std::fs::read_to_string(&full).map_err(|e| format!("{}: {e}", full.display()))?;
+    warn_if_readable_by_others(&full);
+    SecretKey::from_base64(&text).map_err(|e| format!("{}: expected a base64 X25519 key: {e}", full.display()))
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "private key file is accessible by group or others");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dc.toml")
+    }
+
+    fn minimal() -> String {
+        format!(
+            "zone = \"home.ntm.test\"\n\
+             name = \"dc.home.ntm.test\"\n\
+             private_key = \"{KEY}\"\n\
+             listen = [\"198.18.40.2:7500\", \"0.0.0.0:7501\"]\n\
+             dns_listen = []\n\
+             database = \"dc.sqlite\"\n\
+             resolver = \"198.18.0.53\"\n\
+             [pools]\n\
+             ipv4 = \"100.64.40.0/24\"\n"
+        )
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/ntm/dc.toml"))
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let cfg = Config::load(example_path()).unwrap();
+        assert_eq!(cfg.zone, "home.ntm.test");
+        assert_eq!(cfg.name, "dc.home.ntm.test");
+        assert_eq!(cfg.signaling_port(), 7500);
+        assert_eq!(cfg.keepalive(), Duration::from_secs(5));
+        assert_eq!(cfg.addresses, ["198.18.40.2".parse::<IpAddr>().unwrap(), "2001:db8:40::2".parse().unwrap()]);
+        assert_eq!(cfg.dns_listen.len(), 2);
+        assert!(cfg.pools().v4_candidate(0).is_some() && cfg.pools().v6_candidate(0).is_some());
+        let rpi = cfg.node("RPI.home.ntm.test.").unwrap();
+        assert_eq!(rpi.nps.as_deref(), Some("nps"));
+        assert_eq!(cfg.nps_named("nps").unwrap().addresses.len(), 2);
+        assert!(cfg.node("tv.home.ntm.test").unwrap().nps.is_none());
+        assert!(cfg.peer("proxy.ntm.test").is_some());
+        assert_eq!(cfg.control_socket.as_deref(), Some(Path::new("/run/ntm/dc.sock")));
+        assert!(cfg.metrics_listen.is_some());
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let cfg = parse(&minimal()).unwrap();
+        assert_eq!(cfg.keepalive_s, 15);
+        // wildcard listen addresses are not published
+        assert_eq!(cfg.addresses, ["198.18.40.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(cfg.resolver, "198.18.0.53:53".parse().unwrap());
+        assert!(cfg.nodes.is_empty() && cfg.peers.is_empty() && cfg.control_socket.is_none());
+        assert_eq!(cfg.private_key.bytes()[1], 1);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = minimal().replace("database =", "databse =");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ntm/dc.toml: "), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+        assert!(err.contains("databse"), "{err}");
+
+        let text = format!("{}[[nodes]]\nfqdn = \"a.home.ntm.test\"\npublic_key = \"{KEY}\"\ncolour = 1\n", minimal());
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("line 13") && err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        let text = minimal().replace("ipv4 = \"100.64.40.0/24\"", "ipv4 = \"100.64.40.0/33\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("line 9"), "{err}");
+
+        let text = minimal().replace("[pools]", "keepalive_s = \"five\"\n[pools]");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("line 8") && err.contains("keepalive_s"), "{err}");
+
+        let text = minimal().replace(KEY, "AAAA");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("32 bytes"), "{err}");
+
+        let text = minimal().replace("198.18.40.2:7500", "198.18.40.2");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key_and_line() {
+        let check = |text: String, key: &str, line: Option<usize>| {
+            let err = parse(&text).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: k, line: l, .. } if k == key && *l == line),
+                "{key} {line:?}: {err}"
+            );
+        };
+        let listen = "listen = [\"198.18.40.2:7500\", \"0.0.0.0:7501\"]";
+        let ipv4 = "ipv4 = \"100.64.40.0/24\"";
+        check(minimal().replace("zone = \"home.ntm.test\"", "zone = \"\""), "zone", Some(1));
+        check(minimal().replace("\"dc.home.ntm.test\"", "\"a b\""), "name", Some(2));
+        check(minimal().replace(listen, "listen = []"), "listen", Some(4));
+        check(minimal().replace(listen, "listen = [\"0.0.0.0:7500\"]"), "addresses", Some(4));
+        check(minimal().replace("dns_listen", "addresses = [\"::\"]\ndns_listen"), "addresses", Some(5));
+        check(minimal().replace(ipv4, "ipv4 = \"100.64.40.1/24\""), "pools.ipv4", Some(9));
+        check(minimal().replace(ipv4, "ipv4 = \"100.64.40.0/31\""), "pools.ipv4", Some(9));
+        check(minimal().replace(ipv4, "ipv6 = \"fd00::1/64\""), "pools.ipv6", Some(9));
+        check(minimal().replace(ipv4, ""), "pools", Some(8));
+        check(minimal().replace(&format!("private_key = \"{KEY}\""), ""), "private_key", None);
+        check(minimal().replace("resolver", "keepalive_s = 0\nresolver"), "keepalive_s", Some(7));
+        let node =
+            |fqdn: &str, nps: &str| format!("{}[[nodes]]\nfqdn = \"{fqdn}\"\npublic_key = \"{KEY}\"\n{nps}", minimal());
+        check(node("rpi.other.test", ""), "nodes[0].fqdn", Some(11));
+        check(node("xhome.ntm.test", ""), "nodes[0].fqdn", Some(11));
+        check(node("home.ntm.test", ""), "nodes[0].fqdn", Some(11));
+        check(node("dc.home.ntm.test", ""), "nodes[0].fqdn", Some(11));
+        check(node("rpi.home.ntm.test", "nps = \"nope\"\n"), "nodes[0].nps", Some(13));
+        let dup = format!(
+            "{}[[nodes]]\nfqdn = \"RPI.home.ntm.test\"\npublic_key = \"{KEY}\"\n",
+            node("rpi.home.ntm.test", "")
+        );
+        check(dup, "nodes[1].fqdn", Some(14));
+        let own = format!("{}[[peers]]\nzone = \"home.ntm.test.\"\npublic_key = \"{KEY}\"\n", minimal());
+        check(own, "peers[0].zone", Some(11));
+        check(format!("{}[[nps]]\nname = \"n\"\naddresses = []\n", minimal()), "nps[0].addresses", Some(12));
+        let dup = format!("{0}[[nps]]\nname = \"n\"\naddresses = [\"192.0.2.1\"]\n[[nps]]\nname = \"n\"\naddresses = [\"192.0.2.2\"]\n", minimal());
+        check(dup, "nps[1].name", Some(14));
+
+        let err = parse(&node("rpi.other.test", "")).unwrap_err().to_string();
+        assert_eq!(err, "/etc/ntm/dc.toml:11: nodes[0].fqdn: \"rpi.other.test\" is not inside zone \"home.ntm.test\"");
+    }
+
+    #[test]
+    fn private_key_file_is_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dc.key"), format!("{KEY}\n")).unwrap();
+        let text = minimal().replace(&format!("private_key = \"{KEY}\""), "private_key_file = \"dc.key\"");
+        let cfg = Config::parse(&text, &dir.path().join("dc.toml")).unwrap();
+        assert_eq!(cfg.private_key.bytes()[31], 31);
+
+        let err = Config::parse(&text, Path::new("/nonexistent/dc.toml")).unwrap_err();
+        assert!(matches!(&err, ConfigError::Invalid { key, .. } if key == "private_key_file"), "{err}");
+        let both = format!("private_key_file = \"dc.key\"\n{}", minimal());
+        let err = Config::parse(&both, &dir.path().join("dc.toml")).unwrap_err();
+        assert!(matches!(&err, ConfigError::Invalid { key, line: Some(1), .. } if key == "private_key_file"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_reported_with_its_path() {
+        let err = Config::load("/nonexistent/dc.toml").unwrap_err().to_string();
+        assert!(err.starts_with("/nonexistent/dc.toml: "), "{err}");
+    }
+}
