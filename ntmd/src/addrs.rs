@@ -17,7 +17,9 @@ pub fn local_addrs(port: u16, exclude_if: &str) -> Vec<SocketAddr> {
     let mut set = BTreeSet::new();
     for ifa in ifs {
         let up = InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING;
-        if ifa.interface_name == exclude_if || !ifa.flags.contains(up) || ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        if ifa.interface_name == exclude_if
+            || !ifa.flags.contains(up)
+            || ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
         {
             continue;
         }

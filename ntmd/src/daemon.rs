@@ -144,16 +144,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         dc_key: cfg.dc_public_key,
         dcs: cfg.dc.clone(),
     });
-    let mut d = Daemon {
-        cfg,
-        core,
-        dataplane,
-        sockets,
-        tun,
-        events,
-        waiters: HashMap::new(),
-        device_vips: (None, None),
-    };
+    let mut d =
+        Daemon { cfg, core, dataplane, sockets, tun, events, waiters: HashMap::new(), device_vips: (None, None) };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let deadline = d.core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -202,7 +194,9 @@ impl Daemon {
             DpEvent::EndpointChanged { local_id, endpoint } => {
                 if let Some(p) = self.core.peers().find(|p| p.local_id == Some(local_id)) {
                     info!(peer = %p.fqdn, %endpoint, "peer moved");
-                    let _ = self.events.send(Event::EndpointChanged { fqdn: p.fqdn.clone(), endpoint: endpoint.to_string() });
+                    let _ = self
+                        .events
+                        .send(Event::EndpointChanged { fqdn: p.fqdn.clone(), endpoint: endpoint.to_string() });
                 }
             }
         }
@@ -289,7 +283,8 @@ impl Daemon {
                     warn!(peer = %fqdn, "removing the tunnel: {e:#}");
                 }
                 let vip = self.core.peer(&fqdn).and_then(|p| first_vip(p.vip4, p.vip6));
-                let _ = self.events.send(Event::TunnelDestroyed { fqdn, vip, reason: DestroyReason::Deleted, local_id });
+                let _ =
+                    self.events.send(Event::TunnelDestroyed { fqdn, vip, reason: DestroyReason::Deleted, local_id });
             }
             NodeEvent::BuildFailed { fqdn, reason } => {
                 for w in self.waiters.remove(&fqdn).unwrap_or_default() {

@@ -109,12 +109,9 @@ impl std::fmt::Display for Event {
                     PathKind::Relay => "relay",
                 }
             ),
-            Event::TunnelDestroyed { fqdn, vip, reason, local_id } => write!(
-                f,
-                "tunnel destroyed {fqdn} vip {} reason {} id {local_id:#010x}",
-                opt(vip),
-                reason_str(*reason)
-            ),
+            Event::TunnelDestroyed { fqdn, vip, reason, local_id } => {
+                write!(f, "tunnel destroyed {fqdn} vip {} reason {} id {local_id:#010x}", opt(vip), reason_str(*reason))
+            }
             Event::TunnelMiss { vip } => write!(f, "tunnel miss vip {vip}"),
             Event::EndpointChanged { fqdn, endpoint } => write!(f, "endpoint changed {fqdn} {endpoint}"),
             Event::BuildFailed { fqdn, reason } => write!(f, "build failed {fqdn}: {reason}"),

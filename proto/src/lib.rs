@@ -2,15 +2,15 @@
 //! direction and tunnel setup. Callers feed it bytes and the current time; it returns bytes to
 //! send and things to do.
 
-pub mod registry;
-pub mod dns;
 pub mod data;
 pub mod dc;
+pub mod dns;
 pub mod exchange;
 pub mod keys;
 pub mod msg;
 pub mod node;
 pub mod noise;
+pub mod registry;
 pub mod replay;
 pub mod tunnel;
 pub mod wire;

@@ -43,8 +43,7 @@ impl Userspace {
         idle_timeout: Duration,
         events: mpsc::Sender<DpEvent>,
     ) -> Userspace {
-        let shared =
-            Arc::new(Shared { table: Mutex::new(TunnelTable::new(idle_timeout)), rearm: Notify::new() });
+        let shared = Arc::new(Shared { table: Mutex::new(TunnelTable::new(idle_timeout)), rearm: Notify::new() });
         tokio::spawn(tun_reader(tun.clone(), sockets.clone(), shared.clone(), events.clone()));
         for sock in [sockets.v4.clone(), sockets.v6.clone()].into_iter().flatten() {
             tokio::spawn(udp_reader(sock, tun.clone(), shared.clone(), events.clone()));
@@ -211,7 +210,8 @@ async fn sweeper(shared: Arc<Shared>, events: mpsc::Sender<DpEvent>) {
                 Reason::Idle => DestroyReason::Idle,
                 Reason::Deleted => DestroyReason::Deleted,
             };
-            if events.send(DpEvent::Destroyed { local_id: d.local_id, fqdn: d.fqdn, vip: d.vip, reason }).await.is_err() {
+            if events.send(DpEvent::Destroyed { local_id: d.local_id, fqdn: d.fqdn, vip: d.vip, reason }).await.is_err()
+            {
                 return;
             }
         }
