@@ -250,6 +250,8 @@ impl Daemon {
                         Err(e) => warn!("setting the VIPs on the device: {e}"),
                     }
                 }
+                // Peers follow authenticated packets: tell them where this node is now.
+                self.dataplane.send_keepalives();
                 let _ = self.events.send(Event::Registered {
                     vip4: vip4.map(|v| v.to_string()),
                     vip6: vip6.map(|v| v.to_string()),

@@ -284,15 +284,25 @@ impl NodeCore {
             self.fail(&fqdn, "that is this node's own name".into());
             return PeerState::None;
         }
-        let Some(reg) = &self.registration else {
+        if self.registration.is_none() {
             self.fail(&fqdn, "not registered with the DC".into());
             return PeerState::None;
-        };
-        let dc = reg.dc;
+        }
+        if self.ask_dc(&fqdn, now) {
+            PeerState::Building
+        } else {
+            PeerState::None
+        }
+    }
+
+    /// Asks the DC for a direction to `fqdn`. A peer with a live tunnel keeps it (and stays
+    /// *built*) until the new one replaces it.
+    fn ask_dc(&mut self, fqdn: &str, now: Now) -> bool {
+        let Some(dc) = self.registration.as_ref().map(|r| r.dc) else { return false };
         let id = self.ids.alloc();
-        let req = Request::Direction(DirectionRequest { target: fqdn.clone() });
+        let req = Request::Direction(DirectionRequest { target: fqdn.to_string() });
         match self.exchanges.start(
-            (Tag::Direction, fqdn.clone()),
+            (Tag::Direction, fqdn.to_string()),
             id,
             dc,
             self.cfg.dc_key,
@@ -303,16 +313,40 @@ impl NodeCore {
         ) {
             Ok(t) => {
                 self.transmits.push_back(t);
-                let p = self.peers.entry(fqdn.clone()).or_insert_with(|| Peer::new(&fqdn));
-                p.building = Some(Building::AskingDc(id));
-                self.set_state(&fqdn, PeerState::Building);
-                PeerState::Building
+                let p = self.peers.entry(fqdn.to_string()).or_insert_with(|| Peer::new(fqdn));
+                if let Some(Building::AskingDc(old) | Building::Opening(old)) =
+                    p.building.replace(Building::AskingDc(id))
+                {
+                    self.exchanges.cancel(old);
+                    self.ids.release(old);
+                }
+                if p.state == PeerState::None {
+                    self.set_state(fqdn, PeerState::Building);
+                }
+                true
             }
             Err(e) => {
                 self.ids.release(id);
-                self.fail(&fqdn, format!("cannot start the direction request: {e}"));
-                PeerState::None
+                self.fail(fqdn, format!("cannot start the direction request: {e}"));
+                false
             }
+        }
+    }
+
+    /// After the node moved: tunnels whose endpoint is of an address family the node no longer
+    /// has are built again, through the DCs, over a family it has.
+    fn rebuild_unreachable(&mut self, now: Now) {
+        let has = |v4: bool| self.local_addrs.iter().any(|a| a.is_ipv4() == v4);
+        let stranded: Vec<String> = self
+            .peers
+            .values()
+            .filter(|p| p.building.is_none())
+            .filter(|p| p.endpoint.is_some_and(|e| !has(e.ip().to_canonical().is_ipv4())))
+            .map(|p| p.fqdn.clone())
+            .collect();
+        for fqdn in stranded {
+            info!(peer = %fqdn, "the tunnel's address family is gone here: building it again");
+            self.ask_dc(&fqdn, now);
         }
     }
 
@@ -659,6 +693,9 @@ impl NodeCore {
                 }
                 self.registration = Some(reg);
                 self.reg = RegState::Fresh(now.mono + self.keepalive);
+                if changed {
+                    self.rebuild_unreachable(now);
+                }
             }
             Response::Error(e) => {
                 warn!(dc = %done.from, "the DC refused the registration: {e}");

@@ -218,6 +218,19 @@ impl TunnelTable {
         Ok(Decap { start: DATA_HEADER, len, local_id: receiver, roamed })
     }
 
+    /// An empty keepalive packet for each tunnel, with where to send it. Keepalives do not count
+    /// as activity for idle expiry.
+    pub fn keepalives(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut v = Vec::new();
+        for t in self.by_id.values_mut() {
+            let mut out = Vec::new();
+            if t.sealer.seal(&[], &mut out).is_ok() {
+                v.push((t.endpoint, out));
+            }
+        }
+        v
+    }
+
     /// Points a tunnel at a new endpoint (the node moved, or the DC said so).
     pub fn set_endpoint(&mut self, local_id: u32, endpoint: SocketAddr) -> bool {
         self.by_id.get_mut(&local_id).map(|t| t.endpoint = endpoint).is_some()

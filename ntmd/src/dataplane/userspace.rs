@@ -33,6 +33,7 @@ struct Shared {
 
 pub struct Userspace {
     shared: Arc<Shared>,
+    sockets: Arc<Sockets>,
 }
 
 impl Userspace {
@@ -49,7 +50,7 @@ impl Userspace {
             tokio::spawn(udp_reader(sock, tun.clone(), shared.clone(), events.clone()));
         }
         tokio::spawn(sweeper(shared.clone(), events));
-        Userspace { shared }
+        Userspace { shared, sockets }
     }
 }
 
@@ -72,6 +73,15 @@ impl Dataplane for Userspace {
     fn set_endpoint(&self, local_id: u32, endpoint: SocketAddr) -> anyhow::Result<()> {
         self.shared.table.lock().expect("table lock").set_endpoint(local_id, endpoint);
         Ok(())
+    }
+
+    fn send_keepalives(&self) {
+        let packets = self.shared.table.lock().expect("table lock").keepalives();
+        for (endpoint, p) in packets {
+            if let Err(e) = self.sockets.try_send_to(&p, endpoint) {
+                debug!(%endpoint, "keepalive not sent: {e}");
+            }
+        }
     }
 
     fn tunnels(&self) -> Vec<TunnelInfo> {
