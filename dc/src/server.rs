@@ -89,6 +89,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(zone = %cfg.zone, "DC running");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut summary = tokio::time::interval(Duration::from_secs(60));
+    let mut reported = 0u64;
     loop {
         let deadline = core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -98,6 +100,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(now()),
+            _ = summary.tick() => {
+                let d = core.drops();
+                let dns = authority.stats().malformed.load(std::sync::atomic::Ordering::Relaxed);
+                if d.total() + dns != reported {
+                    info!(malformed = d.malformed, unauthorized = d.unauthorized, replayed = d.replayed,
+                        unexpected = d.unexpected, dns_malformed = dns, "dropped since start");
+                    reported = d.total() + dns;
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }

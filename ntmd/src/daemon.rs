@@ -21,6 +21,9 @@ use crate::sockets::Sockets;
 use crate::status::{self, DestroyReason, Event, PathKind, PeerState, PeerStatus, Status, TunnelStatus};
 use crate::tun::Tun;
 
+/// How often a summary of dropped input is logged (when it changed).
+const DROP_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a resolution waits for its tunnel.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -147,6 +150,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut d =
         Daemon { cfg, core, dataplane, sockets, tun, events, waiters: HashMap::new(), device_vips: (None, None) };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut summary = tokio::time::interval(DROP_SUMMARY_EVERY);
+    let mut reported = (0u64, 0u64);
     loop {
         let deadline = d.core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -160,6 +165,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             },
             addrs = addr_rx.recv() => if let Some(a) = addrs { d.on_cmd(Cmd::LocalAddrs(a)) },
             _ = tokio::time::sleep_until(deadline.into()) => d.core.handle_timeout(now()),
+            _ = summary.tick() => {
+                let (sig, data) = (d.core.drops(), d.dataplane.orphan_drops());
+                if (sig.total(), data) != reported {
+                    info!(malformed = sig.malformed, unauthorized = sig.unauthorized, replayed = sig.replayed,
+                        unexpected = sig.unexpected, data_without_tunnel = data, "dropped since start");
+                    reported = (sig.total(), data);
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
@@ -343,6 +356,8 @@ impl Daemon {
             dc: reg.map(|r| r.dc.to_string()),
             nat_outer: reg.filter(|r| r.nat).map(|r| r.observed.to_string()),
             dataplane: self.dataplane.name().to_string(),
+            signaling_drops: self.core.drops(),
+            data_drops: self.dataplane.orphan_drops(),
             peers,
             tunnels,
         }

@@ -69,6 +69,12 @@ pub struct Status {
     /// The NAT's outer address the DC saw, when the node is behind NAT.
     pub nat_outer: Option<String>,
     pub dataplane: String,
+    /// Signaling datagrams the node dropped, by cause.
+    #[serde(default)]
+    pub signaling_drops: proto::stats::Drops,
+    /// Data packets that matched no tunnel (per-tunnel drops are in `tunnels`).
+    #[serde(default)]
+    pub data_drops: u64,
     pub peers: Vec<PeerStatus>,
     pub tunnels: Vec<TunnelStatus>,
 }

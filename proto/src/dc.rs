@@ -17,6 +17,7 @@ use crate::msg::{
 };
 use crate::node::normalize;
 use crate::registry::{NodeRecord, Registration, Registry};
+use crate::stats::{Drops, LogLimit};
 use crate::wire::Packet;
 
 /// A direction that has not finished within this time fails.
@@ -66,6 +67,8 @@ pub struct DcCore<R> {
     ts_filter: TsFilter,
     ops: HashMap<u64, Op>,
     next_op: u64,
+    drops: Drops,
+    log_limit: LogLimit,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<DcCommand>,
 }
@@ -88,6 +91,8 @@ impl<R: Registry> DcCore<R> {
             ts_filter: TsFilter::default(),
             ops: HashMap::new(),
             next_op: 1,
+            drops: Drops::default(),
+            log_limit: LogLimit::default(),
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
         }
@@ -95,6 +100,11 @@ impl<R: Registry> DcCore<R> {
 
     pub fn registry(&self) -> &R {
         &self.registry
+    }
+
+    /// What the core dropped so far.
+    pub fn drops(&self) -> Drops {
+        self.drops
     }
 
     pub fn zone(&self) -> &str {
@@ -109,7 +119,10 @@ impl<R: Registry> DcCore<R> {
         match Packet::parse(data) {
             Ok(Packet::Init { sender, noise }) => match exchange::accept(&self.cfg.secret, from, sender, noise) {
                 Ok(inc) => self.on_request(inc, now),
-                Err(e) => debug!(%from, "dropped handshake initiation: {e}"),
+                Err(e) => {
+                    self.drops.malformed += 1;
+                    debug!(%from, "dropped handshake initiation: {e}");
+                }
             },
             Ok(Packet::Resp { sender, receiver, noise }) => {
                 match self.exchanges.on_response(sender, receiver, noise, from, now) {
@@ -117,11 +130,24 @@ impl<R: Registry> DcCore<R> {
                         self.ids.release(done.id);
                         self.on_completed(done.tag, done.response, now)
                     }
-                    Err(e) => debug!(%from, "dropped handshake response: {e}"),
+                    Err(exchange::ExchangeError::Unexpected) => {
+                        self.drops.unexpected += 1;
+                        debug!(%from, "dropped a response to no outstanding request");
+                    }
+                    Err(e) => {
+                        self.drops.malformed += 1;
+                        debug!(%from, "dropped handshake response: {e}");
+                    }
                 }
             }
-            Ok(Packet::Data { .. }) => debug!(%from, "dropped a data packet sent to the DC"),
-            Err(e) => debug!(%from, "dropped datagram: {e}"),
+            Ok(Packet::Data { .. }) => {
+                self.drops.unexpected += 1;
+                debug!(%from, "dropped a data packet sent to the DC");
+            }
+            Err(e) => {
+                self.drops.malformed += 1;
+                debug!(%from, "dropped datagram: {e}");
+            }
         }
     }
 
@@ -153,11 +179,15 @@ impl<R: Registry> DcCore<R> {
             Request::Register(r) => self.on_register(inc, r, now),
             Request::Direction(d) => {
                 let Some(fqdn) = self.by_key.get(&inc.key).cloned() else {
-                    warn!(%from, key = %inc.key, "direction request from a key that is not enrolled");
+                    self.drops.unauthorized += 1;
+                    if let Some(held) = self.log_limit.allow(now.mono) {
+                        warn!(%from, key = %inc.key, held_back = held, "direction request from a key that is not enrolled");
+                    }
                     self.refuse(inc, ErrorCode::NotEnrolled, "this key is not enrolled here".into(), now);
                     return;
                 };
                 if !self.ts_filter.accept(&inc.key, inc.ts) {
+                    self.drops.replayed += 1;
                     debug!(%from, "dropped a replayed direction request");
                     return;
                 }
@@ -181,11 +211,15 @@ impl<R: Registry> DcCore<R> {
             }
             Request::PeerDirection(p) => {
                 let Some(zone) = self.peer_zones.get(&inc.key).cloned() else {
-                    warn!(%from, key = %inc.key, "direction request from a DC this zone does not trust");
+                    self.drops.unauthorized += 1;
+                    if let Some(held) = self.log_limit.allow(now.mono) {
+                        warn!(%from, key = %inc.key, held_back = held, "direction request from a DC this zone does not trust");
+                    }
                     self.refuse(inc, ErrorCode::NotAuthorized, "this DC's key is not trusted here".into(), now);
                     return;
                 };
                 if !self.ts_filter.accept(&inc.key, inc.ts) {
+                    self.drops.replayed += 1;
                     debug!(%from, "dropped a replayed peer direction request");
                     return;
                 }
@@ -213,18 +247,25 @@ impl<R: Registry> DcCore<R> {
         let from = inc.from;
         match self.cfg.enrolled.get(&fqdn) {
             None => {
-                warn!(%from, %fqdn, "refusing registration: no node of that name is enrolled");
+                self.drops.unauthorized += 1;
+                if let Some(held) = self.log_limit.allow(now.mono) {
+                    warn!(%from, %fqdn, held_back = held, "refusing registration: no node of that name is enrolled");
+                }
                 self.refuse(inc, ErrorCode::NotEnrolled, format!("{fqdn} is not enrolled at this DC"), now);
                 return;
             }
             Some(k) if *k != inc.key => {
-                warn!(%from, %fqdn, key = %inc.key, "refusing registration: wrong key for that name");
+                self.drops.unauthorized += 1;
+                if let Some(held) = self.log_limit.allow(now.mono) {
+                    warn!(%from, %fqdn, key = %inc.key, held_back = held, "refusing registration: wrong key for that name");
+                }
                 self.refuse(inc, ErrorCode::NotEnrolled, format!("this key is not enrolled for {fqdn}"), now);
                 return;
             }
             Some(_) => {}
         }
         if !self.ts_filter.accept(&inc.key, inc.ts) {
+            self.drops.replayed += 1;
             debug!(%from, %fqdn, "dropped a replayed registration");
             return;
         }

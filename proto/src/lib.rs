@@ -12,5 +12,6 @@ pub mod node;
 pub mod noise;
 pub mod registry;
 pub mod replay;
+pub mod stats;
 pub mod tunnel;
 pub mod wire;

@@ -14,6 +14,7 @@ use crate::keys::{PublicKey, SecretKey};
 use crate::msg::{
     DirectionRequest, ErrorCode, NodeInfo, Path, Register, Request, Response, RouteDirection, TunnelHello,
 };
+use crate::stats::{Drops, LogLimit};
 use crate::wire::Packet;
 
 /// How long a DC's word that a peer may open a tunnel with us holds.
@@ -173,6 +174,8 @@ pub struct NodeCore {
     ts_filter: TsFilter,
     /// Tunnel requests that arrived before the direction answer that vouches for them.
     parked: HashMap<String, exchange::Incoming>,
+    drops: Drops,
+    log_limit: LogLimit,
     transmits: VecDeque<Transmit>,
     events: VecDeque<NodeEvent>,
 }
@@ -193,9 +196,16 @@ impl NodeCore {
             ts: TsSource::default(),
             ts_filter: TsFilter::default(),
             parked: HashMap::new(),
+            drops: Drops::default(),
+            log_limit: LogLimit::default(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// What the core dropped so far.
+    pub fn drops(&self) -> Drops {
+        self.drops
     }
 
     pub fn fqdn(&self) -> &str {
@@ -387,11 +397,24 @@ impl NodeCore {
             Ok(Packet::Resp { sender, receiver, noise }) => {
                 match self.exchanges.on_response(sender, receiver, noise, from, now) {
                     Ok(done) => self.on_completed(done, now),
-                    Err(e) => debug!(%from, "dropped handshake response: {e}"),
+                    Err(exchange::ExchangeError::Unexpected) => {
+                        self.drops.unexpected += 1;
+                        debug!(%from, "dropped a response to no outstanding request");
+                    }
+                    Err(e) => {
+                        self.drops.malformed += 1;
+                        debug!(%from, "dropped handshake response: {e}");
+                    }
                 }
             }
-            Ok(Packet::Data { .. }) => debug!(%from, "data packet reached the signaling core"),
-            Err(e) => debug!(%from, "dropped datagram: {e}"),
+            Ok(Packet::Data { .. }) => {
+                self.drops.unexpected += 1;
+                debug!(%from, "data packet reached the signaling core");
+            }
+            Err(e) => {
+                self.drops.malformed += 1;
+                debug!(%from, "dropped datagram: {e}");
+            }
         }
     }
 
@@ -399,6 +422,7 @@ impl NodeCore {
         let inc = match exchange::accept(&self.cfg.secret, from, sender, noise) {
             Ok(i) => i,
             Err(e) => {
+                self.drops.malformed += 1;
                 debug!(%from, "dropped handshake initiation: {e}");
                 return;
             }
@@ -415,7 +439,10 @@ impl NodeCore {
                     return;
                 }
             }
-            warn!(%from, key = %inc.key, "refusing a tunnel from a key no DC vouched for");
+            self.drops.unauthorized += 1;
+            if let Some(held) = self.log_limit.allow(now.mono) {
+                warn!(%from, key = %inc.key, held_back = held, "refusing a tunnel from a key no DC vouched for");
+            }
             let id = self.ids.alloc();
             let t = inc.error(id, ErrorCode::NotAuthorized, "no DC vouched for this key", &mut self.ts, now);
             self.ids.release(id);
@@ -428,6 +455,7 @@ impl NodeCore {
     fn on_init_trusted(&mut self, inc: exchange::Incoming, now: Now) {
         let from = inc.from;
         if !self.ts_filter.accept(&inc.key, inc.ts) {
+            self.drops.replayed += 1;
             debug!(%from, "dropped a replayed handshake initiation");
             return;
         }

@@ -416,9 +416,11 @@ fn replayed_requests_get_no_answer() {
     let core = sim.dcs.get_mut(&dc).unwrap();
     core.handle_datagram(src, &payload, now);
     assert!(core.poll_transmit().is_none(), "a replayed registration is dropped");
+    assert_eq!(core.drops().replayed, 1);
     // Garbage is dropped too.
     for junk in [&[][..], &[1, 1, 0, 0, 9, 9, 9, 9][..], &[2; 200][..], &[4; 40][..]] {
         core.handle_datagram(src, junk, now);
         assert!(core.poll_transmit().is_none());
     }
+    assert_eq!(core.drops().malformed, 4, "{:?}", core.drops());
 }

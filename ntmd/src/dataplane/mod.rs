@@ -46,6 +46,8 @@ pub trait Dataplane: Send + Sync {
     /// Points a tunnel at a new endpoint.
     fn set_endpoint(&self, local_id: u32, endpoint: SocketAddr) -> anyhow::Result<()>;
     fn tunnels(&self) -> Vec<TunnelInfo>;
+    /// Data packets that matched no tunnel.
+    fn orphan_drops(&self) -> u64;
     /// Sends an empty authenticated packet on every tunnel, so that peers learn a new address
     /// of this node (they follow authenticated packets).
     fn send_keepalives(&self);

@@ -84,6 +84,10 @@ impl Dataplane for Userspace {
         }
     }
 
+    fn orphan_drops(&self) -> u64 {
+        self.shared.table.lock().expect("table lock").orphan_drops
+    }
+
     fn tunnels(&self) -> Vec<TunnelInfo> {
         let now = Instant::now();
         let table = self.shared.table.lock().expect("table lock");

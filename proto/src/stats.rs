@@ -1,0 +1,68 @@
+//! Counters of what the cores dropped, and a limiter that keeps log lines about bad input at a
+//! sane rate.
+
+use std::time::{Duration, Instant};
+
+/// Datagrams and requests a core dropped, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Drops {
+    /// Not a packet of ours, truncated, or a handshake that did not decrypt.
+    pub malformed: u64,
+    /// Authenticated, but from a key that has no business here (not enrolled, not vouched for).
+    pub unauthorized: u64,
+    /// A request seen before (replayed or duplicated).
+    pub replayed: u64,
+    /// A response to no outstanding request, or a packet of the wrong kind.
+    pub unexpected: u64,
+}
+
+impl Drops {
+    pub fn total(&self) -> u64 {
+        self.malformed + self.unauthorized + self.replayed + self.unexpected
+    }
+}
+
+/// Lets one log line through per interval and counts the ones it held back.
+#[derive(Debug, Clone)]
+pub struct LogLimit {
+    every: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl LogLimit {
+    pub fn new(every: Duration) -> Self {
+        Self { every, last: None, held: 0 }
+    }
+
+    /// `Some(held back since the last line)` when a line may be logged now.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|l| now.saturating_duration_since(l) < self.every) {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_counts_what_it_holds_back() {
+        let t0 = Instant::now();
+        let mut l = LogLimit::new(Duration::from_secs(1));
+        assert_eq!(l.allow(t0), Some(0));
+        assert_eq!(l.allow(t0), None);
+        assert_eq!(l.allow(t0 + Duration::from_millis(500)), None);
+        assert_eq!(l.allow(t0 + Duration::from_secs(1)), Some(2));
+    }
+}
