@@ -255,6 +255,8 @@ mod tests {
             dc: Some("198.18.30.2:7500".into()),
             nat_outer: None,
             dataplane: "userspace".into(),
+            signaling_drops: Default::default(),
+            data_drops: 0,
             peers: vec![PeerStatus {
                 fqdn: "rpi.home.ntm.test".into(),
                 vip: Some("100.64.1.2".into()),

@@ -130,6 +130,13 @@ fn render_status(s: &Status) -> String {
         out += &format!("  nat {nat}");
     }
     out.push('\n');
+    let d = &s.signaling_drops;
+    if d.total() > 0 || s.data_drops > 0 {
+        out += &format!(
+            "dropped: malformed {}  unauthorized {}  replayed {}  unexpected {}  data without tunnel {}\n",
+            d.malformed, d.unauthorized, d.replayed, d.unexpected, s.data_drops
+        );
+    }
 
     out += &format!("\npeers: {}\n", s.peers.len());
     if !s.peers.is_empty() {
@@ -257,6 +264,8 @@ mod tests {
             dc: Some("198.18.30.2:7500".into()),
             nat_outer: None,
             dataplane: "userspace".into(),
+            signaling_drops: Default::default(),
+            data_drops: 0,
             peers: vec![
                 PeerStatus {
                     fqdn: "rpi.home.ntm.test".into(),
