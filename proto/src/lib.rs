@@ -8,6 +8,7 @@ pub mod dns;
 pub mod exchange;
 pub mod keys;
 pub mod msg;
+pub mod netlink;
 pub mod node;
 pub mod noise;
 pub mod registry;
