@@ -46,7 +46,6 @@ pub struct Config {
     /// Upstream resolver used to find other zones' DCs.
     pub resolver: SocketAddr,
     pub keepalive_s: u64,
-    pub control_socket: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub pools: PoolsConfig,
     pub nodes: Vec<NodeConfig>,
@@ -99,7 +98,6 @@ struct RawConfig {
     #[serde(deserialize_with = "de_resolver")]
     resolver: SocketAddr,
     keepalive_s: Option<Spanned<u64>>,
-    control_socket: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     pools: Spanned<RawPools>,
     #[serde(default)]
@@ -308,7 +306,6 @@ impl Config {
             database: raw.database,
             resolver: raw.resolver,
             keepalive_s,
-            control_socket: raw.control_socket,
             metrics_listen: raw.metrics_listen,
             pools,
             nodes,
@@ -460,7 +457,6 @@ mod tests {
         assert_eq!(cfg.nps_named("nps").unwrap().addresses.len(), 2);
         assert!(cfg.node("tv.home.ntm.test").unwrap().nps.is_none());
         assert!(cfg.peer("proxy.ntm.test").is_some());
-        assert_eq!(cfg.control_socket.as_deref(), Some(Path::new("/run/ntm/dc.sock")));
         assert!(cfg.metrics_listen.is_some());
     }
 
@@ -471,7 +467,7 @@ mod tests {
         // wildcard listen addresses are not published
         assert_eq!(cfg.addresses, ["198.18.40.2".parse::<IpAddr>().unwrap()]);
         assert_eq!(cfg.resolver, "198.18.0.53:53".parse().unwrap());
-        assert!(cfg.nodes.is_empty() && cfg.peers.is_empty() && cfg.control_socket.is_none());
+        assert!(cfg.nodes.is_empty() && cfg.peers.is_empty() && cfg.metrics_listen.is_none());
         assert_eq!(cfg.private_key.bytes()[1], 1);
     }
 

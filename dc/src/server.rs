@@ -9,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use proto::dc::{DcCommand, DcConfig, DcCore};
 use proto::exchange::Now;
+use proto::metrics::Page;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -25,6 +26,50 @@ fn now() -> Now {
 enum Input {
     Datagram { from: SocketAddr, payload: Vec<u8> },
     Located { id: u64, result: Result<(String, Vec<SocketAddr>), String> },
+    Metrics(oneshot::Sender<String>),
+}
+
+fn metrics(core: &DcCore<SqliteRegistry>, authority: &Authority) -> String {
+    use proto::registry::Registry;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut p = Page::default();
+    let c = core.counters();
+    let nodes = core.registry().all().map(|v| v.len() as u64).unwrap_or(0);
+    p.single("ntm_dc_nodes", "gauge", "Nodes in the registry.", nodes);
+    p.single("ntm_dc_registrations_total", "counter", "Registrations and keepalives accepted.", c.registrations);
+    p.single("ntm_dc_registrations_refused_total", "counter", "Registrations refused.", c.refused);
+    p.labeled(
+        "ntm_dc_directions_total",
+        "counter",
+        "Directions answered, by outcome.",
+        "outcome",
+        [("ok", c.directions_ok), ("failed", c.directions_failed)],
+    );
+    p.single(
+        "ntm_dc_directions_remote_total",
+        "counter",
+        "Directions that asked another zone's DC.",
+        c.directions_remote,
+    );
+    let d = core.drops();
+    p.labeled(
+        "ntm_dc_signaling_dropped_total",
+        "counter",
+        "Signaling datagrams dropped, by cause.",
+        "cause",
+        [
+            ("malformed", d.malformed),
+            ("unauthorized", d.unauthorized),
+            ("replayed", d.replayed),
+            ("unexpected", d.unexpected),
+        ],
+    );
+    let s = authority.stats();
+    p.single("ntm_dc_dns_queries_total", "counter", "DNS queries answered.", s.queries.load(Relaxed));
+    p.single("ntm_dc_dns_nxdomain_total", "counter", "DNS queries answered NXDOMAIN.", s.nxdomain.load(Relaxed));
+    p.single("ntm_dc_dns_refused_total", "counter", "DNS queries refused.", s.refused.load(Relaxed));
+    p.single("ntm_dc_dns_malformed_total", "counter", "Malformed DNS queries dropped.", s.malformed.load(Relaxed));
+    p.finish()
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -86,6 +131,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Replies and route directions leave from the socket of the destination's family.
     let send_sock: HashMap<bool, Arc<UdpSocket>> =
         sockets.iter().filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv4(), s.clone()))).collect();
+    if let Some(addr) = cfg.metrics_listen {
+        let (mtx, mut mrx) = mpsc::channel::<oneshot::Sender<String>>(4);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(reply) = mrx.recv().await {
+                if tx.send(Input::Metrics(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(e) = proto::metrics::serve(addr, mtx).await {
+                warn!(%addr, "metrics: {e}");
+            }
+        });
+    }
     info!(zone = %cfg.zone, "DC running");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -97,6 +158,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             input = rx.recv() => match input {
                 Some(Input::Datagram { from, payload }) => core.handle_datagram(from, &payload, now()),
                 Some(Input::Located { id, result }) => core.dc_located(id, result, now()),
+                Some(Input::Metrics(reply)) => {
+                    let _ = reply.send(metrics(&core, &authority));
+                }
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(now()),

@@ -36,6 +36,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub dataplane: Dataplane,
     pub control_socket: PathBuf,
+    /// Where Prometheus metrics are served (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub dns: DnsConfig,
     pub tun: TunConfig,
 }
@@ -105,6 +107,7 @@ struct RawConfig {
     #[serde(default)]
     dataplane: Dataplane,
     control_socket: Option<Spanned<PathBuf>>,
+    metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     dns: RawDns,
     #[serde(default)]
@@ -188,6 +191,7 @@ impl Validator<'_> {
             idle_timeout: Duration::from_secs(idle_timeout_s),
             dataplane: raw.dataplane,
             control_socket,
+            metrics_listen: raw.metrics_listen,
             dns: self.dns(raw.dns)?,
             tun: self.tun(raw.tun)?,
         })

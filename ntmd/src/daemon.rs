@@ -20,6 +20,7 @@ use crate::dnsstub::{DnsStub, NtmNames, NtmZoneCache, Upstream};
 use crate::sockets::Sockets;
 use crate::status::{self, DestroyReason, Event, PathKind, PeerState, PeerStatus, Status, TunnelStatus};
 use crate::tun::Tun;
+use proto::metrics::{Histogram, Page};
 
 /// How often a summary of dropped input is logged (when it changed).
 const DROP_SUMMARY_EVERY: Duration = Duration::from_secs(60);
@@ -33,7 +34,20 @@ type Vips = (Option<Ipv4Addr>, Option<Ipv6Addr>);
 enum Cmd {
     Resolve { fqdn: String, reply: oneshot::Sender<Result<Vips, String>> },
     Show(oneshot::Sender<Status>),
+    Metrics(oneshot::Sender<String>),
     LocalAddrs(Vec<SocketAddr>),
+}
+
+/// What the daemon counts for its metrics.
+#[derive(Default)]
+struct Counters {
+    built: u64,
+    destroyed: [u64; 4],
+    build_failed: u64,
+    misses: u64,
+    build_latency: Histogram,
+    /// When each build under way started.
+    build_started: HashMap<String, Instant>,
 }
 
 fn now() -> Now {
@@ -75,6 +89,7 @@ struct Daemon {
     waiters: HashMap<String, Vec<oneshot::Sender<Result<Vips, String>>>>,
     /// The VIPs on the device (to set them only when they change).
     device_vips: Vips,
+    counters: Counters,
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -137,6 +152,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
     }
 
+    // Metrics.
+    if let Some(addr) = cfg.metrics_listen {
+        let (tx, mut rx) = mpsc::channel::<oneshot::Sender<String>>(4);
+        let cmd_tx = cmd_tx.clone();
+        tokio::spawn(async move {
+            while let Some(reply) = rx.recv().await {
+                if cmd_tx.send(Cmd::Metrics(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(e) = proto::metrics::serve(addr, tx).await {
+                warn!(%addr, "metrics: {e}");
+            }
+        });
+    }
+
     // Own addresses.
     let (addr_tx, mut addr_rx) = mpsc::channel(4);
     tokio::spawn(crate::addrs::watch(port, cfg.tun.name.clone(), addr_tx));
@@ -147,8 +180,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         dc_key: cfg.dc_public_key,
         dcs: cfg.dc.clone(),
     });
-    let mut d =
-        Daemon { cfg, core, dataplane, sockets, tun, events, waiters: HashMap::new(), device_vips: (None, None) };
+    let mut d = Daemon {
+        cfg,
+        core,
+        dataplane,
+        sockets,
+        tun,
+        events,
+        waiters: HashMap::new(),
+        device_vips: (None, None),
+        counters: Counters::default(),
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut summary = tokio::time::interval(DROP_SUMMARY_EVERY);
     let mut reported = (0u64, 0u64);
@@ -189,6 +231,7 @@ impl Daemon {
             DpEvent::Signaling { from, payload } => self.core.handle_datagram(from, &payload, now()),
             DpEvent::Destroyed { local_id, fqdn, vip, reason } => {
                 info!(peer = %fqdn, reason = status::reason_str(reason), "tunnel destroyed");
+                self.counters.destroyed[reason_index(reason)] += 1;
                 let _ = self.events.send(Event::TunnelDestroyed {
                     fqdn,
                     vip: vip.map(|v| v.to_string()),
@@ -198,6 +241,7 @@ impl Daemon {
                 self.core.tunnel_destroyed(local_id);
             }
             DpEvent::Miss { vip } => {
+                self.counters.misses += 1;
                 let _ = self.events.send(Event::TunnelMiss { vip: vip.to_string() });
                 match self.core.tunnel_miss(vip, now()) {
                     Some(state) => debug!(%vip, ?state, "miss"),
@@ -238,6 +282,9 @@ impl Daemon {
             Cmd::Show(reply) => {
                 let _ = reply.send(self.status());
             }
+            Cmd::Metrics(reply) => {
+                let _ = reply.send(self.metrics());
+            }
             Cmd::LocalAddrs(addrs) => self.core.set_local_addrs(addrs, now()),
         }
     }
@@ -276,9 +323,16 @@ impl Daemon {
                 let _ = self.events.send(Event::RegistrationLost { reason });
             }
             NodeEvent::PeerState { fqdn, state } => {
+                if state == CorePeerState::Building {
+                    self.counters.build_started.insert(fqdn.clone(), Instant::now());
+                }
                 let _ = self.events.send(Event::PeerState { fqdn, state: map_state(state) });
             }
             NodeEvent::TunnelUp(spec) => {
+                self.counters.built += 1;
+                if let Some(t0) = self.counters.build_started.remove(&spec.fqdn) {
+                    self.counters.build_latency.observe(t0.elapsed());
+                }
                 if let Err(e) = self.dataplane.install(&spec) {
                     warn!(peer = %spec.fqdn, "installing the tunnel: {e:#}");
                 }
@@ -302,12 +356,100 @@ impl Daemon {
                     self.events.send(Event::TunnelDestroyed { fqdn, vip, reason: DestroyReason::Deleted, local_id });
             }
             NodeEvent::BuildFailed { fqdn, reason } => {
+                self.counters.build_failed += 1;
+                self.counters.build_started.remove(&fqdn);
                 for w in self.waiters.remove(&fqdn).unwrap_or_default() {
                     let _ = w.send(Err(reason.clone()));
                 }
                 let _ = self.events.send(Event::BuildFailed { fqdn, reason });
             }
         }
+    }
+
+    fn metrics(&self) -> String {
+        let c = &self.counters;
+        let mut p = Page::default();
+        p.single(
+            "ntm_registered",
+            "gauge",
+            "1 while the node is registered with its DC.",
+            self.core.registration().is_some() as u64,
+        );
+        let count = |st: CorePeerState| self.core.peers().filter(|p| p.state == st).count() as u64;
+        p.labeled(
+            "ntm_peers",
+            "gauge",
+            "Peers in the node table by state.",
+            "state",
+            [
+                ("built", count(CorePeerState::Built)),
+                ("building", count(CorePeerState::Building)),
+                ("none", count(CorePeerState::None)),
+            ],
+        );
+        let tunnels = self.dataplane.tunnels();
+        p.single("ntm_tunnels", "gauge", "Tunnels in the data plane.", tunnels.len() as u64);
+        p.single("ntm_tunnels_built_total", "counter", "Tunnels built.", c.built);
+        p.labeled(
+            "ntm_tunnels_destroyed_total",
+            "counter",
+            "Tunnels destroyed, by reason.",
+            "reason",
+            [DestroyReason::Idle, DestroyReason::Deleted, DestroyReason::DeviceDown, DestroyReason::Error]
+                .into_iter()
+                .map(|r| (status::reason_str(r), c.destroyed[reason_index(r)])),
+        );
+        p.single("ntm_tunnel_build_failures_total", "counter", "Tunnel builds that failed.", c.build_failed);
+        p.single("ntm_tunnel_misses_total", "counter", "Packets for a VIP without a tunnel (rate limited).", c.misses);
+        p.histogram(
+            "ntm_tunnel_build_seconds",
+            "From the first request for a peer to its tunnel up.",
+            &c.build_latency,
+        );
+        let bytes = |f: fn(&crate::dataplane::TunnelInfo) -> u64| {
+            tunnels.iter().map(move |t| (t.fqdn.as_str(), f(t))).collect::<Vec<_>>()
+        };
+        p.labeled(
+            "ntm_tunnel_tx_bytes",
+            "counter",
+            "Bytes sent into each live tunnel.",
+            "peer",
+            bytes(|t| t.counters.tx_bytes),
+        );
+        p.labeled(
+            "ntm_tunnel_rx_bytes",
+            "counter",
+            "Bytes received from each live tunnel.",
+            "peer",
+            bytes(|t| t.counters.rx_bytes),
+        );
+        p.labeled(
+            "ntm_tunnel_rx_dropped",
+            "counter",
+            "Packets dropped on each live tunnel.",
+            "peer",
+            bytes(|t| t.counters.rx_dropped),
+        );
+        let d = self.core.drops();
+        p.labeled(
+            "ntm_signaling_dropped_total",
+            "counter",
+            "Signaling datagrams dropped, by cause.",
+            "cause",
+            [
+                ("malformed", d.malformed),
+                ("unauthorized", d.unauthorized),
+                ("replayed", d.replayed),
+                ("unexpected", d.unexpected),
+            ],
+        );
+        p.single(
+            "ntm_data_dropped_total",
+            "counter",
+            "Data packets that matched no tunnel.",
+            self.dataplane.orphan_drops(),
+        );
+        p.finish()
     }
 
     fn status(&self) -> Status {
@@ -361,6 +503,15 @@ impl Daemon {
             peers,
             tunnels,
         }
+    }
+}
+
+fn reason_index(r: DestroyReason) -> usize {
+    match r {
+        DestroyReason::Idle => 0,
+        DestroyReason::Deleted => 1,
+        DestroyReason::DeviceDown => 2,
+        DestroyReason::Error => 3,
     }
 }
 

@@ -34,6 +34,20 @@ pub struct DcConfig {
     pub peers: HashMap<String, PublicKey>,
 }
 
+/// What the DC has done, for its metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DcCounters {
+    /// Registrations and keepalives accepted.
+    pub registrations: u64,
+    /// Registrations refused (not enrolled, wrong key).
+    pub refused: u64,
+    /// Directions answered with a path, and answered with an error.
+    pub directions_ok: u64,
+    pub directions_failed: u64,
+    /// Directions that went to another zone's DC.
+    pub directions_remote: u64,
+}
+
 /// Work the daemon does for the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DcCommand {
@@ -68,6 +82,7 @@ pub struct DcCore<R> {
     ops: HashMap<u64, Op>,
     next_op: u64,
     drops: Drops,
+    counters: DcCounters,
     log_limit: LogLimit,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<DcCommand>,
@@ -92,6 +107,7 @@ impl<R: Registry> DcCore<R> {
             ops: HashMap::new(),
             next_op: 1,
             drops: Drops::default(),
+            counters: DcCounters::default(),
             log_limit: LogLimit::default(),
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
@@ -105,6 +121,10 @@ impl<R: Registry> DcCore<R> {
     /// What the core dropped so far.
     pub fn drops(&self) -> Drops {
         self.drops
+    }
+
+    pub fn counters(&self) -> DcCounters {
+        self.counters
     }
 
     pub fn zone(&self) -> &str {
@@ -248,6 +268,7 @@ impl<R: Registry> DcCore<R> {
         match self.cfg.enrolled.get(&fqdn) {
             None => {
                 self.drops.unauthorized += 1;
+                self.counters.refused += 1;
                 if let Some(held) = self.log_limit.allow(now.mono) {
                     warn!(%from, %fqdn, held_back = held, "refusing registration: no node of that name is enrolled");
                 }
@@ -256,6 +277,7 @@ impl<R: Registry> DcCore<R> {
             }
             Some(k) if *k != inc.key => {
                 self.drops.unauthorized += 1;
+                self.counters.refused += 1;
                 if let Some(held) = self.log_limit.allow(now.mono) {
                     warn!(%from, %fqdn, key = %inc.key, held_back = held, "refusing registration: wrong key for that name");
                 }
@@ -281,6 +303,7 @@ impl<R: Registry> DcCore<R> {
         let before = self.registry.get(&fqdn).ok().flatten();
         match self.registry.register(&reg) {
             Ok(rec) => {
+                self.counters.registrations += 1;
                 let moved = before.as_ref().is_none_or(|b| b.observed != rec.observed || b.addrs != rec.addrs);
                 if moved {
                     info!(%fqdn, %from, nat, vip4 = ?rec.vip4, vip6 = ?rec.vip6, "registered");
@@ -320,6 +343,7 @@ impl<R: Registry> DcCore<R> {
         if local {
             self.direct_locally(id, now);
         } else {
+            self.counters.directions_remote += 1;
             self.commands.push_back(DcCommand::Locate { id, target });
         }
     }
@@ -449,7 +473,10 @@ impl<R: Registry> DcCore<R> {
     fn finish(&mut self, id: u64, response: Response, now: Now) {
         let Some(op) = self.ops.remove(&id) else { return };
         if let Response::Error(e) = &response {
+            self.counters.directions_failed += 1;
             info!(requester = %op.requester.fqdn, target = %op.target, "direction failed: {e}");
+        } else {
+            self.counters.directions_ok += 1;
         }
         for w in op.waiters {
             self.reply(w, &response, now);
