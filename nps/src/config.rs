@@ -1,0 +1,491 @@
+//! `nps`'s TOML configuration (`--config FILE`): parsed strictly (unknown keys are errors),
+//! validated, with every error naming the file, the key and its line.
+//!
+//! Which FQDNs the NPS serves comes from `[[sites]]` only: a request for any other name is refused.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_LISTEN_HTTP: [&str; 2] = ["0.0.0.0:80", "[::]:80"];
+pub const DEFAULT_RESOLVER: &str = "127.0.0.1:53";
+pub const DEFAULT_UPSTREAM_PORT: u16 = 80;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 100 << 20;
+pub const DEFAULT_CERT_DIR: &str = "/etc/ntm/certs";
+pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_POOL_MAX_IDLE_PER_NODE: usize = 64;
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 30_000;
+/// Default port of a passthrough site's TLS server on the node.
+pub const DEFAULT_UPSTREAM_TLS_PORT: u16 = 443;
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Plain HTTP listeners (HTTP/1.1 and h2c with prior knowledge). IPv6 sockets are v6-only.
+    pub listen_http: Vec<SocketAddr>,
+    /// TLS listeners (terminated: HTTP/1.1 and h2 by ALPN; or passed through by SNI).
+    pub listen_https: Vec<SocketAddr>,
+    /// The DNS resolver that turns an NTM name into its VIP: the local `ntmd` stub.
+    pub resolver: SocketAddr,
+    pub access_log: Option<LogTarget>,
+    /// Where the Prometheus metrics are served (`GET /metrics`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Budget for resolving the node (which builds its tunnel) and connecting to it.
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the node's response headers.
+    pub response_timeout: Duration,
+    /// Time a client gets to send a request's headers.
+    pub header_timeout: Duration,
+    /// Largest request body accepted; 0: no limit.
+    pub max_request_body: u64,
+    /// Directory of `<fqdn>.crt` / `<fqdn>.key` (PEM) for sites with `tls = "terminate"`.
+    pub cert_dir: PathBuf,
+    /// How long an idle connection to a node stays in the pool.
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_node: usize,
+    pub sites: Vec<Site>,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+impl fmt::Display for LogTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogTarget::Stdout => f.write_str("stdout"),
+            LogTarget::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One served FQDN (`[[sites]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// Lowercase, without the trailing dot.
+    pub fqdn: String,
+    pub tls: TlsMode,
+    /// Port of the web server on the node (plain HTTP).
+    pub upstream_port: u16,
+    /// Port of the node's TLS server, for `tls = "passthrough"`.
+    pub upstream_tls_port: u16,
+}
+
+/// What the NPS does with TLS for a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// HTTP only: no TLS for this site.
+    #[default]
+    None,
+    /// TLS ends at the NPS with `cert_dir/<fqdn>.crt` and `.key`; HTTP to the node.
+    Terminate,
+    /// The TLS connection is relayed by SNI, untouched, to the node's `upstream_tls_port` (443).
+    Passthrough,
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::None => "none",
+            TlsMode::Terminate => "terminate",
+            TlsMode::Passthrough => "passthrough",
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` names the file in errors, and a relative `cert_dir`
+    /// or `access_log` is taken from its directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?;
+        Validator { text, path }.config(raw)
+    }
+
+    /// The site serving `host` (lowercase, no port, no trailing dot).
+    pub fn site(&self, host: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.fqdn == host)
+    }
+
+    /// A map from FQDN to site, for lookups on the hot path.
+    pub fn site_map(&self) -> HashMap<String, Site> {
+        self.sites.iter().map(|s| (s.fqdn.clone(), s.clone())).collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The TOML crate's message, which carries the line, the column and the offending key.
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("{path}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid { path: PathBuf, line: Option<usize>, key: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen_http: Option<Spanned<Vec<Spanned<String>>>>,
+    listen_https: Option<Spanned<Vec<Spanned<String>>>>,
+    resolver: Option<Spanned<String>>,
+    access_log: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
+    upstream_port: Option<Spanned<u16>>,
+    connect_timeout_ms: Option<Spanned<u64>>,
+    response_timeout_ms: Option<Spanned<u64>>,
+    header_timeout_ms: Option<Spanned<u64>>,
+    max_request_body: Option<Spanned<RawSize>>,
+    cert_dir: Option<Spanned<PathBuf>>,
+    pool_idle_timeout_ms: Option<Spanned<u64>>,
+    pool_max_idle_per_node: Option<usize>,
+    #[serde(default)]
+    sites: Vec<Spanned<RawSite>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    fqdn: Spanned<String>,
+    #[serde(default)]
+    tls: TlsMode,
+    upstream_port: Option<Spanned<u16>>,
+    upstream_tls_port: Option<Spanned<u16>>,
+}
+
+type Span = std::ops::Range<usize>;
+
+/// Turns the raw TOML values into a [`Config`], locating errors in `text`.
+struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: &str, span: Option<Span>, message: impl Into<String>) -> ConfigError {
+        let line = span.map(|s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1);
+        ConfigError::Invalid { path: self.path.to_owned(), line, key: key.to_owned(), message: message.into() }
+    }
+
+    fn relative(&self, p: &Path) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new("")).join(p)
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen_http = match &raw.listen_http {
+            Some(l) => self.listens("listen_http", l.get_ref(), 80)?,
+            None => DEFAULT_LISTEN_HTTP.iter().map(|a| a.parse().expect("default is valid")).collect(),
+        };
+        let listen_https = match &raw.listen_https {
+            Some(l) => self.listens("listen_https", l.get_ref(), 443)?,
+            None => Vec::new(),
+        };
+        if listen_http.is_empty() && listen_https.is_empty() {
+            let span = raw.listen_http.as_ref().map(|l| l.span());
+            return Err(self.err("listen_http", span, "no listener: give listen_http or listen_https"));
+        }
+        let resolver = match &raw.resolver {
+            Some(r) => parse_addr(r.get_ref(), 53, false).map_err(|m| self.err("resolver", Some(r.span()), m))?,
+            None => DEFAULT_RESOLVER.parse().expect("default is valid"),
+        };
+        let access_log = match &raw.access_log {
+            Some(a) if a.get_ref().is_empty() => {
+                return Err(self.err("access_log", Some(a.span()), "must not be empty (use \"-\" for stdout)"))
+            }
+            Some(a) if a.get_ref() == "-" => Some(LogTarget::Stdout),
+            Some(a) => Some(LogTarget::File(self.relative(Path::new(a.get_ref())))),
+            None => None,
+        };
+        let metrics_listen = match &raw.metrics_listen {
+            Some(m) => {
+                Some(parse_addr(m.get_ref(), 9780, true).map_err(|e| self.err("metrics_listen", Some(m.span()), e))?)
+            }
+            None => None,
+        };
+        if let Some(m) = metrics_listen {
+            if m.port() != 0 && (listen_http.contains(&m) || listen_https.contains(&m)) {
+                let span = raw.metrics_listen.as_ref().map(|m| m.span());
+                return Err(self.err("metrics_listen", span, format!("{m} is also a proxy listener")));
+            }
+        }
+        let upstream_port = self.port("upstream_port", raw.upstream_port.as_ref())?.unwrap_or(DEFAULT_UPSTREAM_PORT);
+        let connect_timeout = self.millis("connect_timeout_ms", raw.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS)?;
+        let response_timeout =
+            self.millis("response_timeout_ms", raw.response_timeout_ms, DEFAULT_RESPONSE_TIMEOUT_MS)?;
+        let header_timeout = self.millis("header_timeout_ms", raw.header_timeout_ms, DEFAULT_HEADER_TIMEOUT_MS)?;
+        let pool_idle_timeout =
+            self.millis("pool_idle_timeout_ms", raw.pool_idle_timeout_ms, DEFAULT_POOL_IDLE_TIMEOUT_MS)?;
+        let max_request_body = match &raw.max_request_body {
+            Some(s) => match s.get_ref() {
+                RawSize::Bytes(n) => *n,
+                RawSize::Text(t) => parse_size(t).map_err(|m| self.err("max_request_body", Some(s.span()), m))?,
+            },
+            None => DEFAULT_MAX_REQUEST_BODY,
+        };
+        let cert_dir = match raw.cert_dir {
+            Some(d) if d.get_ref().as_os_str().is_empty() => {
+                return Err(self.err("cert_dir", Some(d.span()), "must not be empty"))
+            }
+            Some(d) => self.relative(d.get_ref()),
+            None => PathBuf::from(DEFAULT_CERT_DIR),
+        };
+        let mut sites: Vec<Site> = Vec::with_capacity(raw.sites.len());
+        for (i, s) in raw.sites.iter().enumerate() {
+            let key = |k: &str| format!("sites[{i}].{k}");
+            let r = s.get_ref();
+            let fqdn = check_fqdn(r.fqdn.get_ref()).map_err(|m| self.err(&key("fqdn"), Some(r.fqdn.span()), m))?;
+            if sites.iter().any(|o| o.fqdn == fqdn) {
+                return Err(self.err(&key("fqdn"), Some(r.fqdn.span()), format!("{fqdn} is listed twice")));
+            }
+            if r.tls != TlsMode::None && listen_https.is_empty() {
+                return Err(self.err(
+                    &key("tls"),
+                    Some(s.span()),
+                    format!("{fqdn} has tls = \"{}\" but listen_https is empty", r.tls),
+                ));
+            }
+            let port = self.port(&key("upstream_port"), r.upstream_port.as_ref())?.unwrap_or(upstream_port);
+            let tls_port = self.port(&key("upstream_tls_port"), r.upstream_tls_port.as_ref())?;
+            if let (Some(p), false) = (&r.upstream_tls_port, r.tls == TlsMode::Passthrough) {
+                return Err(self.err(&key("upstream_tls_port"), Some(p.span()), "only for tls = \"passthrough\""));
+            }
+            sites.push(Site {
+                fqdn,
+                tls: r.tls,
+                upstream_port: port,
+                upstream_tls_port: tls_port.unwrap_or(DEFAULT_UPSTREAM_TLS_PORT),
+            });
+        }
+        if sites.is_empty() {
+            tracing::warn!(config = %self.path.display(), "no [[sites]]: every request will get 404");
+        }
+        Ok(Config {
+            listen_http,
+            listen_https,
+            resolver,
+            access_log,
+            metrics_listen,
+            connect_timeout,
+            response_timeout,
+            header_timeout,
+            max_request_body,
+            cert_dir,
+            pool_idle_timeout,
+            pool_max_idle_per_node: raw.pool_max_idle_per_node.unwrap_or(DEFAULT_POOL_MAX_IDLE_PER_NODE),
+            sites,
+        })
+    }
+
+    fn listens(&self, key: &str, list: &[Spanned<String>], default_port: u16) -> Result<Vec<SocketAddr>, ConfigError> {
+        let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
+        for (i, s) in list.iter().enumerate() {
+            let a = parse_addr(s.get_ref(), default_port, true)
+                .map_err(|m| self.err(&format!("{key}[{i}]"), Some(s.span()), m))?;
+            if a.port() != 0 && out.contains(&a) {
+                return Err(self.err(&format!("{key}[{i}]"), Some(s.span()), format!("{a} is listed twice")));
+            }
+            out.push(a);
+        }
+        Ok(out)
+    }
+
+    fn port(&self, key: &str, v: Option<&Spanned<u16>>) -> Result<Option<u16>, ConfigError> {
+        match v {
+            Some(p) if *p.get_ref() == 0 => Err(self.err(key, Some(p.span()), "port 0 is not allowed here")),
+            Some(p) => Ok(Some(*p.get_ref())),
+            None => Ok(None),
+        }
+    }
+
+    fn millis(&self, key: &str, v: Option<Spanned<u64>>, default: u64) -> Result<Duration, ConfigError> {
+        match v {
+            Some(v) if *v.get_ref() == 0 => Err(self.err(key, Some(v.span()), "must be at least 1 ms")),
+            Some(v) => Ok(Duration::from_millis(*v.get_ref())),
+            None => Ok(Duration::from_millis(default)),
+        }
+    }
+}
+
+/// Lowercases and checks a DNS name of at least two labels; strips a trailing dot.
+pub fn check_fqdn(name: &str) -> Result<String, String> {
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    if name.len() > 253 {
+        return Err(format!("{name:?} is longer than 253 characters"));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return Err(format!("{name:?} is not a fully qualified name (like rpi.home.ntm.test)"));
+    }
+    for label in labels {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!("{name:?}: label {label:?} must be 1 to 63 letters, digits or inner hyphens"));
+        }
+    }
+    Ok(name)
+}
+
+/// `ip:port`, `[ip6]:port`, or a bare address that gets `default_port`.
+fn parse_addr(s: &str, default_port: u16, port_zero_ok: bool) -> Result<SocketAddr, String> {
+    let addr = s
+        .parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, default_port)))
+        .or_else(|_| {
+            let inner = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).ok_or(())?;
+            inner.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, default_port)).map_err(|_| ())
+        })
+        .map_err(|_| format!("{s:?} is not an address (like 0.0.0.0:80 or [::]:80)"))?;
+    if addr.port() == 0 && !port_zero_ok {
+        return Err(format!("{s:?}: port 0 is not allowed here"));
+    }
+    Ok(addr)
+}
+
+/// A byte count: `1048576`, `512KiB`, `100MiB`, `1GiB`, `10MB`, `1 kB` (case-insensitive units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{s:?} is not a size (like 100MiB, 512KiB, 10MB or a number of bytes)");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/ntm/nps.toml"))
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse("[[sites]]\nfqdn = \"RPI.home.ntm.test.\"\n").unwrap();
+        assert_eq!(c.listen_http, ["0.0.0.0:80".parse::<SocketAddr>().unwrap(), "[::]:80".parse().unwrap()]);
+        assert!(c.listen_https.is_empty());
+        assert_eq!(c.resolver, "127.0.0.1:53".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.access_log, None);
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.response_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_request_body, 100 << 20);
+        assert_eq!(c.cert_dir, Path::new(DEFAULT_CERT_DIR));
+        assert_eq!(
+            c.sites,
+            [Site { fqdn: "rpi.home.ntm.test".into(), tls: TlsMode::None, upstream_port: 80, upstream_tls_port: 443 }]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_rejected_with_line() {
+        let e = parse("resolver = \"127.0.0.1\"\ncolour = \"blue\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/ntm/nps.toml: "), "{e}");
+        assert!(e.contains("line 2") && e.contains("colour"), "{e}");
+        let e = parse("[[sites]]\nfqdn = \"a.test\"\n\n[[sites]]\nfqdn = \"b.test\"\nport = 8080\n").unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("line 6") && e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_named_with_line() {
+        let e = parse("[[sites]]\nfqdn = \"a.test\"\n[[sites]]\nfqdn = \"A.test.\"\n").unwrap_err().to_string();
+        assert_eq!(e, "/etc/ntm/nps.toml:4: sites[1].fqdn: a.test is listed twice");
+        let e = parse("\n[[sites]]\nfqdn = \"localhost\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/ntm/nps.toml:3: sites[0].fqdn: "), "{e}");
+        let e = parse("max_request_body = \"12 parsecs\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/ntm/nps.toml:1: max_request_body: "), "{e}");
+        let e = parse("connect_timeout_ms = 0\n").unwrap_err().to_string();
+        assert!(e.contains(":1: connect_timeout_ms: must be at least 1 ms"), "{e}");
+        let e = parse("resolver = \"ntmd\"\n").unwrap_err().to_string();
+        assert!(e.contains(":1: resolver: "), "{e}");
+        let e = parse("listen_http = []\n").unwrap_err().to_string();
+        assert!(e.contains(":1: listen_http: no listener"), "{e}");
+        let e = parse("\n[[sites]]\nfqdn = \"a.test\"\ntls = \"terminate\"\n").unwrap_err().to_string();
+        assert!(e.contains(":2: sites[0].tls: a.test has tls = \"terminate\" but listen_https is empty"), "{e}");
+        let e = parse("[[sites]]\nfqdn = \"a.test\"\ntls = \"maybe\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("maybe"), "{e}");
+        let e = parse("[[sites]]\nfqdn = \"a.test\"\nupstream_port = 0\n").unwrap_err().to_string();
+        assert!(e.contains(":3: sites[0].upstream_port: port 0"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_size("10 MB"), Ok(10_000_000));
+        assert_eq!(parse_size("512kib"), Ok(512 << 10));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+        assert_eq!(parse("max_request_body = 1024\n").unwrap().max_request_body, 1024);
+        assert_eq!(parse("max_request_body = 0\n").unwrap().max_request_body, 0);
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = parse("cert_dir = \"certs\"\naccess_log = \"log/access.log\"\n").unwrap();
+        assert_eq!(c.cert_dir, Path::new("/etc/ntm/certs"));
+        assert_eq!(c.access_log, Some(LogTarget::File("/etc/ntm/log/access.log".into())));
+        assert_eq!(parse("access_log = \"-\"\n").unwrap().access_log, Some(LogTarget::Stdout));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/nps.toml");
+        let c = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen_http.len(), 2);
+        assert_eq!(c.listen_https.len(), 2);
+        assert!(c.listen_https.iter().all(|a| a.port() == 443));
+        assert_eq!(c.resolver, "127.0.0.1:53".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9780".parse().unwrap()));
+        assert_eq!(c.max_request_body, 100 << 20);
+        assert_eq!(c.site("rpi.home.ntm.test").map(|s| s.tls), Some(TlsMode::Terminate));
+        assert_eq!(c.site("cam.home.ntm.test").map(|s| s.tls), Some(TlsMode::None));
+        assert_eq!(c.site("v6.home.ntm.test").map(|s| s.tls), Some(TlsMode::Passthrough));
+        assert!(c.site("tv.home.ntm.test").is_some());
+        assert!(c.site("example.com").is_none());
+    }
+}

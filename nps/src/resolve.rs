@@ -1,0 +1,277 @@
+//! Resolving a node's FQDN to its VIP through the local `ntmd` stub resolver.
+//!
+//! The stub answers an NTM name only once the tunnel to that node is up: *built* → at once,
+//! *building* → when that build ends, *none* → after building it. Resolving is therefore how the
+//! NPS drives the node table, and it must not be cached longer than the answer's TTL (ntmd gives
+//! 1 s): the tunnel behind a VIP may go away at any time, and the next query rebuilds it.
+//!
+//! A is asked first, AAAA only when the name has no A record (so one node always gets one VIP,
+//! and one connection pool). Concurrent resolutions of one name share one query. Messages are
+//! encoded and parsed by `hickory-proto`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::watch;
+
+/// An answer is never kept longer than this, whatever its TTL.
+pub const MAX_CACHE: Duration = Duration::from_secs(1);
+/// First UDP retransmission; doubled after each one.
+const FIRST_RETRY: Duration = Duration::from_millis(1000);
+/// UDP payload size advertised in queries.
+const EDNS_PAYLOAD: u16 = 1232;
+
+/// Why a name could not be resolved, in words a browser user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("the resolver answered SERVFAIL: the tunnel to the node could not be built")]
+    ServFail,
+    #[error("the name does not exist (NXDOMAIN): no such node is registered")]
+    NxDomain,
+    #[error("the resolver has no address (VIP) for this name")]
+    NoAddress,
+    #[error("the resolver refused the query (REFUSED)")]
+    Refused,
+    #[error("the resolver answered {0}")]
+    Rcode(String),
+    #[error("cannot query the resolver {server}: {error}")]
+    Io { server: SocketAddr, error: String },
+    #[error("the resolver {server} did not answer within {}ms (the tunnel is still being built?)", .after.as_millis())]
+    Timeout { server: SocketAddr, after: Duration },
+    #[error("bad answer from the resolver: {0}")]
+    BadAnswer(String),
+}
+
+impl ResolveError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResolveError::ServFail => "servfail",
+            ResolveError::NxDomain => "nxdomain",
+            ResolveError::NoAddress => "noaddress",
+            ResolveError::Refused => "refused",
+            ResolveError::Rcode(_) => "rcode",
+            ResolveError::Io { .. } => "io",
+            ResolveError::Timeout { .. } => "timeout",
+            ResolveError::BadAnswer(_) => "badanswer",
+        }
+    }
+}
+
+/// One successful resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub addr: IpAddr,
+    /// Time the queries took (the tunnel build, when there was one); zero for a cached answer.
+    pub took: Duration,
+    /// Whether the answer came from the (≤ TTL) cache.
+    pub cached: bool,
+}
+
+type Outcome = Option<Result<IpAddr, ResolveError>>;
+
+enum Slot {
+    Ready { addr: IpAddr, until: Instant },
+    Pending(watch::Receiver<Outcome>),
+}
+
+/// Observes every query pair sent (not cache hits): for the tunnel-build latency histogram.
+pub type Observer = Arc<dyn Fn(Duration, Result<(), &ResolveError>) + Send + Sync>;
+
+/// The resolver client. Cheap to share (`Arc`).
+pub struct Resolver {
+    server: SocketAddr,
+    /// Upper bound of one resolution (queries and retransmissions).
+    timeout: Duration,
+    slots: Mutex<HashMap<String, Slot>>,
+    observer: Option<Observer>,
+}
+
+impl Resolver {
+    pub fn new(server: SocketAddr, timeout: Duration) -> Resolver {
+        Resolver { server, timeout, slots: Mutex::new(HashMap::new()), observer: None }
+    }
+
+    pub fn with_observer(mut self, observer: Observer) -> Resolver {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// The VIP of `fqdn` (lowercase, no trailing dot), after the tunnel to it is up.
+    pub async fn resolve(self: &Arc<Self>, fqdn: &str) -> Result<Resolved, ResolveError> {
+        let started = Instant::now();
+        loop {
+            let mut rx = {
+                let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                match slots.get(fqdn) {
+                    Some(Slot::Ready { addr, until }) if *until > Instant::now() => {
+                        return Ok(Resolved { addr: *addr, took: Duration::ZERO, cached: true });
+                    }
+                    Some(Slot::Pending(rx)) => rx.clone(),
+                    _ => {
+                        let (tx, rx) = watch::channel(None);
+                        slots.insert(fqdn.to_owned(), Slot::Pending(rx.clone()));
+                        // The queries run in their own task, so that a cancelled request does not
+                        // cancel them for the others waiting on the same name.
+                        let this = Arc::clone(self);
+                        let name = fqdn.to_owned();
+                        tokio::spawn(async move { this.lead(name, tx).await });
+                        rx
+                    }
+                }
+            };
+            let outcome = rx.wait_for(Option::is_some).await.map(|o| o.clone());
+            match outcome {
+                Ok(Some(outcome)) => {
+                    return outcome.map(|addr| Resolved { addr, took: started.elapsed(), cached: false });
+                }
+                // The leader died without an answer (runtime shutting down): try again.
+                _ => continue,
+            }
+        }
+    }
+
+    async fn lead(&self, fqdn: String, tx: watch::Sender<Outcome>) {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, self.lookup(&fqdn)).await {
+            Ok(r) => r,
+            Err(_) => Err(ResolveError::Timeout { server: self.server, after: self.timeout }),
+        };
+        if let Some(observe) = &self.observer {
+            observe(started.elapsed(), result.as_ref().map(|_| ()));
+        }
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            match &result {
+                Ok((addr, ttl)) if !ttl.is_zero() => {
+                    slots.insert(fqdn.clone(), Slot::Ready { addr: *addr, until: Instant::now() + *ttl });
+                }
+                _ => {
+                    slots.remove(&fqdn);
+                }
+            }
+            // Drop entries that expired long ago, so the map does not grow with every name ever seen.
+            if slots.len() > 1024 {
+                let now = Instant::now();
+                slots.retain(|_, s| !matches!(s, Slot::Ready { until, .. } if *until <= now));
+            }
+        }
+        match &result {
+            Ok((addr, _)) => tracing::debug!(fqdn, %addr, took = ?started.elapsed(), "resolved"),
+            Err(e) => tracing::info!(fqdn, took = ?started.elapsed(), "cannot resolve: {e}"),
+        }
+        let _ = tx.send(Some(result.map(|(addr, _)| addr)));
+    }
+
+    /// A first (the IPv4 VIP), AAAA when the name has no A record. A failed A query is not
+    /// repeated as AAAA: both would wait on the same tunnel build.
+    async fn lookup(&self, fqdn: &str) -> Result<(IpAddr, Duration), ResolveError> {
+        if let Some(found) = self.query(fqdn, RecordType::A).await? {
+            return Ok(found);
+        }
+        self.query(fqdn, RecordType::AAAA).await?.ok_or(ResolveError::NoAddress)
+    }
+
+    /// One question: the first address in the answer and its TTL (capped at [`MAX_CACHE`]), or
+    /// `None` if the name exists without an address of that type.
+    async fn query(&self, fqdn: &str, rtype: RecordType) -> Result<Option<(IpAddr, Duration)>, ResolveError> {
+        let name = Name::from_ascii(format!("{fqdn}."))
+            .map_err(|e| ResolveError::BadAnswer(format!("{fqdn:?} is not a DNS name: {e}")))?;
+        let id: u16 = rand::random();
+        let mut msg = Message::new();
+        msg.set_id(id).set_message_type(MessageType::Query).set_op_code(OpCode::Query).set_recursion_desired(true);
+        msg.add_query(Query::query(name.clone(), rtype));
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD).set_version(0);
+        msg.set_edns(edns);
+        let bytes = msg.to_vec().map_err(|e| ResolveError::BadAnswer(format!("cannot encode the query: {e}")))?;
+        let io_err = |e: io::Error| ResolveError::Io { server: self.server, error: e.to_string() };
+
+        let mut answer = self.exchange_udp(&bytes, id, &name, rtype).await.map_err(io_err)?;
+        if answer.truncated() {
+            answer = self.exchange_tcp(&bytes, id, &name, rtype).await.map_err(io_err)?;
+        }
+        match answer.response_code() {
+            ResponseCode::NoError => {}
+            ResponseCode::ServFail => return Err(ResolveError::ServFail),
+            ResponseCode::NXDomain => return Err(ResolveError::NxDomain),
+            ResponseCode::Refused => return Err(ResolveError::Refused),
+            other => return Err(ResolveError::Rcode(other.to_string())),
+        }
+        let found = answer.answers().iter().find_map(|r| {
+            let addr = match r.data() {
+                Some(RData::A(a)) if rtype == RecordType::A => IpAddr::V4(Ipv4Addr::from(*a)),
+                Some(RData::AAAA(a)) if rtype == RecordType::AAAA => IpAddr::V6(Ipv6Addr::from(*a)),
+                _ => return None,
+            };
+            Some((addr, Duration::from_secs(r.ttl().into()).min(MAX_CACHE)))
+        });
+        Ok(found)
+    }
+
+    async fn exchange_udp(&self, query: &[u8], id: u16, name: &Name, rtype: RecordType) -> io::Result<Message> {
+        let bind: SocketAddr =
+            if self.server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+        let sock = UdpSocket::bind(bind).await?;
+        sock.connect(self.server).await?;
+        let mut buf = vec![0; 65535];
+        let mut wait = FIRST_RETRY;
+        loop {
+            sock.send(query).await?;
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+                    Ok(r) => r?,
+                    Err(_) => break,
+                };
+                // Anything that is not the answer (late, spoofed, garbage) is ignored.
+                match check(&buf[..n], id, name, rtype) {
+                    Ok(m) => return Ok(m),
+                    Err(e) => tracing::debug!(server = %self.server, "ignoring DNS datagram: {e}"),
+                }
+            }
+            // Lost, or dropped by an overloaded stub: ask again (a build in progress is shared).
+            wait *= 2;
+        }
+    }
+
+    async fn exchange_tcp(&self, query: &[u8], id: u16, name: &Name, rtype: RecordType) -> io::Result<Message> {
+        let mut stream = TcpStream::connect(self.server).await?;
+        stream.set_nodelay(true)?;
+        let len = u16::try_from(query.len()).map_err(|_| io::Error::other("query too long"))?;
+        let mut framed = Vec::with_capacity(query.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(query);
+        stream.write_all(&framed).await?;
+        let len = stream.read_u16().await?;
+        let mut answer = vec![0; usize::from(len)];
+        stream.read_exact(&mut answer).await?;
+        check(&answer, id, name, rtype).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// Is `bytes` the answer to our question (id, response bit, same question)?
+fn check(bytes: &[u8], id: u16, name: &Name, rtype: RecordType) -> Result<Message, String> {
+    let m = Message::from_vec(bytes).map_err(|e| e.to_string())?;
+    if m.id() != id || m.message_type() != MessageType::Response {
+        return Err(format!("not our answer (id {})", m.id()));
+    }
+    match m.queries() {
+        // Some servers leave the question out of error answers.
+        [] if m.response_code() != ResponseCode::NoError => Ok(m),
+        // `Name`'s equality ignores case.
+        [q] if q.query_type() == rtype && q.name() == name => Ok(m),
+        qs => Err(format!("answer is for another question ({qs:?})")),
+    }
+}
