@@ -23,9 +23,12 @@ fn now() -> Now {
     Now { mono: Instant::now(), unix_us }
 }
 
+/// How long the DC of another zone, once found, is remembered.
+const LOCATE_CACHE: Duration = Duration::from_secs(30);
+
 enum Input {
     Datagram { from: SocketAddr, payload: Vec<u8> },
-    Located { id: u64, result: Result<(String, Vec<SocketAddr>), String> },
+    Located { id: u64, domain: String, result: Result<(String, Vec<SocketAddr>), String> },
     Metrics(oneshot::Sender<String>),
 }
 
@@ -151,13 +154,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut summary = tokio::time::interval(Duration::from_secs(60));
+    let mut located: HashMap<String, (Instant, (String, Vec<SocketAddr>))> = HashMap::new();
     let mut reported = 0u64;
     loop {
         let deadline = core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             input = rx.recv() => match input {
                 Some(Input::Datagram { from, payload }) => core.handle_datagram(from, &payload, now()),
-                Some(Input::Located { id, result }) => core.dc_located(id, result, now()),
+                Some(Input::Located { id, domain, result }) => {
+                    if let Ok(found) = &result {
+                        located.insert(domain, (Instant::now() + LOCATE_CACHE, found.clone()));
+                    }
+                    core.dc_located(id, result, now())
+                }
                 Some(Input::Metrics(reply)) => {
                     let _ = reply.send(metrics(&core, &authority));
                 }
@@ -176,6 +185,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
+        // Commands first: a cached answer produces datagrams at once.
+        while let Some(cmd) = core.poll_command() {
+            match cmd {
+                DcCommand::Locate { id, target } => {
+                    // Nodes of one domain share their DC: the answer is kept a little while.
+                    let domain = target.split_once('.').map(|(_, d)| d.to_string()).unwrap_or_default();
+                    located.retain(|_, (until, _)| *until > Instant::now());
+                    if let Some((_, found)) = located.get(&domain) {
+                        core.dc_located(id, Ok(found.clone()), now());
+                        continue;
+                    }
+                    let (tx, resolver) = (tx.clone(), cfg.resolver);
+                    tokio::spawn(async move {
+                        let result = crate::locate::locate_dc(resolver, &target).await.map_err(|e| e.to_string());
+                        if let Err(e) = &result {
+                            info!(%target, "cannot find the target's DC: {e}");
+                        }
+                        let _ = tx.send(Input::Located { id, domain, result }).await;
+                    });
+                }
+            }
+        }
         while let Some(t) = core.poll_transmit() {
             match send_sock.get(&t.dst.is_ipv4()) {
                 Some(s) => {
@@ -184,20 +215,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     }
                 }
                 None => warn!(dst = %t.dst, "no signaling socket of that address family"),
-            }
-        }
-        while let Some(cmd) = core.poll_command() {
-            match cmd {
-                DcCommand::Locate { id, target } => {
-                    let (tx, resolver) = (tx.clone(), cfg.resolver);
-                    tokio::spawn(async move {
-                        let result = crate::locate::locate_dc(resolver, &target).await.map_err(|e| e.to_string());
-                        if let Err(e) = &result {
-                            info!(%target, "cannot find the target's DC: {e}");
-                        }
-                        let _ = tx.send(Input::Located { id, result }).await;
-                    });
-                }
             }
         }
     }
