@@ -10,6 +10,8 @@ use proto::tunnel::Counters;
 
 use crate::status::DestroyReason;
 
+pub mod genl;
+pub mod nlsock;
 pub mod userspace;
 
 /// What the data plane tells the daemon.
