@@ -14,9 +14,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::config::Dataplane as DataplaneKind;
 use crate::control::{self, ControlHandle};
+use crate::dataplane::kernel::Kernel;
 use crate::dataplane::{userspace::Userspace, Dataplane, DpEvent};
 use crate::dnsstub::{DnsStub, NtmNames, NtmZoneCache, Upstream};
+use crate::link::Link;
 use crate::sockets::Sockets;
 use crate::status::{self, DestroyReason, Event, PathKind, PeerState, PeerStatus, Status, TunnelStatus};
 use crate::tun::Tun;
@@ -83,7 +86,8 @@ struct Daemon {
     core: NodeCore,
     dataplane: Box<dyn Dataplane>,
     sockets: Arc<Sockets>,
-    tun: Arc<Tun>,
+    /// The virtual device (its VIPs are set on registration).
+    link: Link,
     events: broadcast::Sender<Event>,
     /// Resolutions waiting for a peer's tunnel.
     waiters: HashMap<String, Vec<oneshot::Sender<Result<Vips, String>>>>,
@@ -95,19 +99,23 @@ struct Daemon {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let sockets = Arc::new(Sockets::bind(cfg.port).context("binding the node's UDP port")?);
     let port = sockets.port().unwrap_or(cfg.port);
-    match cfg.dataplane {
-        crate::config::Dataplane::Kernel => {
-            anyhow::bail!("dataplane = \"kernel\": the kernel data plane is not available in this build")
-        }
-        crate::config::Dataplane::Auto | crate::config::Dataplane::Userspace => {}
-    }
-    let tun = Arc::new(Tun::create(&cfg.tun.name, cfg.tun.mtu).context("creating the TUN device")?);
-    tun.add_routes(&cfg.tun.routes).context("routing the VIP ranges to the TUN device")?;
-    info!(fqdn = %cfg.fqdn, port, dev = tun.name(), "starting");
-
     let (dp_tx, mut dp_rx) = mpsc::channel::<DpEvent>(1024);
-    let dataplane: Box<dyn Dataplane> =
-        Box::new(Userspace::start(tun.clone(), sockets.clone(), cfg.idle_timeout, dp_tx.clone()));
+    let kernel = match cfg.dataplane {
+        DataplaneKind::Kernel => true,
+        DataplaneKind::Userspace => false,
+        DataplaneKind::Auto => crate::dataplane::kernel::available(),
+    };
+    let (dataplane, link): (Box<dyn Dataplane>, Link) = if kernel {
+        let k = Kernel::start(&cfg.tun.name, cfg.tun.mtu, sockets.clone(), cfg.idle_timeout, dp_tx.clone())?;
+        let link = k.link().clone();
+        (Box::new(k), link)
+    } else {
+        let tun = Arc::new(Tun::create(&cfg.tun.name, cfg.tun.mtu).context("creating the TUN device")?);
+        let link = tun.link().clone();
+        (Box::new(Userspace::start(tun, sockets.clone(), cfg.idle_timeout, dp_tx.clone())), link)
+    };
+    link.add_routes(&cfg.tun.routes).context("routing the VIP ranges to the virtual device")?;
+    info!(fqdn = %cfg.fqdn, port, dev = %link.name, dataplane = dataplane.name(), "starting");
 
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(256);
     let (events, _) = broadcast::channel::<Event>(1024);
@@ -185,7 +193,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         core,
         dataplane,
         sockets,
-        tun,
+        link,
         events,
         waiters: HashMap::new(),
         device_vips: (None, None),
@@ -305,7 +313,7 @@ impl Daemon {
         match ev {
             NodeEvent::Registered { vip4, vip6, dc, observed, nat } => {
                 if self.device_vips != (vip4, vip6) {
-                    match self.tun.set_addresses(vip4, vip6) {
+                    match self.link.set_addresses(vip4, vip6) {
                         Ok(()) => self.device_vips = (vip4, vip6),
                         Err(e) => warn!("setting the VIPs on the device: {e}"),
                     }

@@ -2,32 +2,26 @@
 //! addresses (the node's VIPs) and routes (the VIP ranges) are set over rtnetlink.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::Deref;
 
 use ipnet::IpNet;
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
-};
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::link::{Link, LinkError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
     #[error("creating TUN device {name}: {source}")]
     Create { name: String, source: io::Error },
-    #[error("rtnetlink: {what}: {source}")]
-    Netlink { what: String, source: io::Error },
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }
 
-/// An open TUN device. Reading and writing carry bare IPv4/IPv6 packets.
+/// An open TUN device. Reading and writing carry bare IPv4/IPv6 packets; its addresses and
+/// routes are its [`Link`]'s.
 pub struct Tun {
     dev: tun_rs::AsyncDevice,
-    name: String,
-    index: u32,
+    link: Link,
 }
 
 impl Tun {
@@ -45,16 +39,28 @@ impl Tun {
         let index = dev.if_index().map_err(err)?;
         let name = dev.name().map_err(err)?;
         tracing::info!(dev = %name, index, mtu, "TUN device up");
-        Ok(Tun { dev, name, index })
+        Ok(Tun { dev, link: Link { name, index } })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.link.name
     }
 
     /// The interface index.
     pub fn index(&self) -> u32 {
-        self.index
+        self.link.index
+    }
+
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    pub fn set_addresses(&self, vip4: Option<Ipv4Addr>, vip6: Option<Ipv6Addr>) -> Result<(), TunError> {
+        Ok(self.link.set_addresses(vip4, vip6)?)
+    }
+
+    pub fn add_routes(&self, routes: &[IpNet]) -> Result<(), TunError> {
+        Ok(self.link.add_routes(routes)?)
     }
 
     /// Reads one packet into `buf`.
@@ -66,179 +72,12 @@ impl Tun {
     pub async fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         self.dev.send(pkt).await
     }
-
-    /// Makes `vip4`/32 and `vip6`/128 the device's only addresses of their families (IPv6
-    /// link-local addresses are left alone). `None` removes that family's addresses.
-    pub fn set_addresses(&self, vip4: Option<Ipv4Addr>, vip6: Option<Ipv6Addr>) -> Result<(), TunError> {
-        let nl = Rtnl::open()?;
-        let wanted: Vec<IpAddr> = vip4.map(IpAddr::V4).into_iter().chain(vip6.map(IpAddr::V6)).collect();
-        for (addr, prefix_len) in nl.addresses(self.index)? {
-            let link_local = matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
-            if link_local || (wanted.contains(&addr) && prefix_len == full_len(addr)) {
-                continue;
-            }
-            nl.request(RouteNetlinkMessage::DelAddress(address_message(self.index, addr, prefix_len)), 0)
-                .map_err(|source| TunError::Netlink { what: format!("deleting {addr}/{prefix_len}"), source })?;
-        }
-        for addr in wanted {
-            let msg = address_message(self.index, addr, full_len(addr));
-            nl.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_REPLACE)
-                .map_err(|source| TunError::Netlink { what: format!("adding {addr}/{}", full_len(addr)), source })?;
-        }
-        tracing::info!(dev = %self.name, ?vip4, ?vip6, "VIPs set");
-        Ok(())
-    }
-
-    /// Routes each prefix into the device (main table; an existing route is replaced).
-    pub fn add_routes(&self, routes: &[IpNet]) -> Result<(), TunError> {
-        let nl = Rtnl::open()?;
-        for net in routes {
-            nl.request(RouteNetlinkMessage::NewRoute(route_message(self.index, net)), NLM_F_CREATE | NLM_F_REPLACE)
-                .map_err(|source| TunError::Netlink {
-                    what: format!("adding route {net} dev {}", self.name),
-                    source,
-                })?;
-        }
-        tracing::info!(dev = %self.name, ?routes, "routes added");
-        Ok(())
-    }
 }
 
-fn full_len(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() {
-        32
-    } else {
-        128
-    }
-}
-
-fn family(addr: IpAddr) -> AddressFamily {
-    if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    }
-}
-
-fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
-    let mut msg = AddressMessage::default();
-    msg.header.family = family(addr);
-    msg.header.prefix_len = prefix_len;
-    msg.header.index = index;
-    msg.attributes.push(AddressAttribute::Local(addr));
-    if addr.is_ipv4() {
-        msg.attributes.push(AddressAttribute::Address(addr));
-    } else {
-        // No duplicate address detection: the VIP is unique by construction and must be
-        // usable at once.
-        msg.header.flags = AddressHeaderFlags::Nodad;
-        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
-    }
-    msg
-}
-
-fn route_message(index: u32, net: &IpNet) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = family(net.addr());
-    msg.header.destination_prefix_length = net.prefix_len();
-    msg.header.table = RouteHeader::RT_TABLE_MAIN;
-    msg.header.protocol = RouteProtocol::Static;
-    msg.header.scope = if net.addr().is_ipv4() { RouteScope::Link } else { RouteScope::Universe };
-    msg.header.kind = RouteType::Unicast;
-    msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(net.network())));
-    msg.attributes.push(RouteAttribute::Oif(index));
-    msg
-}
-
-/// A blocking rtnetlink socket for a few requests; the kernel answers them at once.
-struct Rtnl {
-    sock: Socket,
-    seq: std::cell::Cell<u32>,
-}
-
-impl Rtnl {
-    fn open() -> Result<Rtnl, TunError> {
-        let open = || -> io::Result<Socket> {
-            let mut sock = Socket::new(NETLINK_ROUTE)?;
-            sock.bind_auto()?;
-            sock.connect(&SocketAddr::new(0, 0))?;
-            Ok(sock)
-        };
-        let sock = open().map_err(|source| TunError::Netlink { what: "opening socket".into(), source })?;
-        Ok(Rtnl { sock, seq: std::cell::Cell::new(0) })
-    }
-
-    fn send(&self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
-        let seq = self.seq.get().wrapping_add(1);
-        self.seq.set(seq);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        packet.finalize();
-        let mut buf = vec![0; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
-        Ok(seq)
-    }
-
-    /// Reads replies to `seq`, handing each inner message to `f`, until the ack (or the
-    /// end of a dump).
-    fn receive(&self, seq: u32, mut f: impl FnMut(RouteNetlinkMessage)) -> io::Result<()> {
-        loop {
-            let (buf, _) = self.sock.recv_from_full()?;
-            let mut rest = &buf[..];
-            while !rest.is_empty() {
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = (msg.header.length as usize).max(16).min(rest.len());
-                rest = &rest[len..];
-                if msg.header.sequence_number != seq {
-                    continue;
-                }
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(e) if e.code.is_none() => return Ok(()),
-                    NetlinkPayload::Error(e) => return Err(e.to_io()),
-                    NetlinkPayload::InnerMessage(inner) => f(inner),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// Sends a request with an ack and waits for it.
-    fn request(&self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-        let seq = self.send(msg, flags | NLM_F_ACK)?;
-        self.receive(seq, |_| {})
-    }
-
-    /// The addresses (with prefix lengths) on interface `index`.
-    fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, TunError> {
-        let mut found = Vec::new();
-        let seq = self.send(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP).and_then(|seq| {
-            self.receive(seq, |m| {
-                let RouteNetlinkMessage::NewAddress(a) = m else { return };
-                if a.header.index != index {
-                    return;
-                }
-                let local = a.attributes.iter().find_map(|at| match at {
-                    AddressAttribute::Local(ip) => Some(*ip),
-                    _ => None,
-                });
-                let addr = local.or_else(|| {
-                    a.attributes.iter().find_map(|at| match at {
-                        AddressAttribute::Address(ip) => Some(*ip),
-                        _ => None,
-                    })
-                });
-                if let Some(addr) = addr {
-                    found.push((addr, a.header.prefix_len));
-                }
-            })
-        });
-        seq.map_err(|source| TunError::Netlink { what: "listing addresses".into(), source })?;
-        Ok(found)
+impl Deref for Tun {
+    type Target = Link;
+    fn deref(&self) -> &Link {
+        &self.link
     }
 }
 

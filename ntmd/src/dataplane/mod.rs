@@ -11,6 +11,7 @@ use proto::tunnel::Counters;
 use crate::status::DestroyReason;
 
 pub mod genl;
+pub mod kernel;
 pub mod nlsock;
 pub mod userspace;
 
