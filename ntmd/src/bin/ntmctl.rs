@@ -21,6 +21,13 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    Auto,
+    Kernel,
+    Daemon,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// The node, its peers (built / building / none) and its tunnels.
@@ -29,11 +36,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Stream the daemon's events, one per line, until interrupted.
+    /// Stream events, one per line, until interrupted: the kernel module's own notifications
+    /// (its generic netlink `events` group) when ntm.ko is loaded, else the daemon's.
     Monitor {
         /// Print one JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Where events come from: `kernel` (the module's multicast group), `daemon` (ntmd's
+        /// control socket: also peer states and registrations), or `auto`.
+        #[arg(long, value_enum, default_value_t = Source::Auto)]
+        source: Source,
     },
     /// Print a new base64 X25519 private key.
     Genkey,
@@ -54,7 +66,12 @@ fn main() -> ExitCode {
         }
         Cmd::Pubkey => pubkey(),
         Cmd::Show { json } => block_on(show(socket, json)),
-        Cmd::Monitor { json } => block_on(monitor(socket, json)),
+        Cmd::Monitor { json, source } => match source {
+            Source::Daemon => block_on(monitor(socket, json)),
+            Source::Kernel => block_on(monitor_kernel(json)),
+            Source::Auto if ntmd::dataplane::kernel::available() => block_on(monitor_kernel(json)),
+            Source::Auto => block_on(monitor(socket, json)),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,6 +115,79 @@ async fn monitor(socket: PathBuf, json: bool) -> anyhow::Result<()> {
         write_stdout(&out)?;
     }
     Err(ClientError::Daemon("ntmd closed the connection".into()).into())
+}
+
+/// Prints the module's notifications, like `ip monitor`.
+async fn monitor_kernel(json: bool) -> anyhow::Result<()> {
+    use ntmd::dataplane::genl::{NtmAttr, TunnelAttr};
+    use ntmd::dataplane::nlsock::{EventSocket, GenlSocket, NlError};
+    use ntmd::status::{DestroyReason, Event};
+    use proto::netlink::{cmd, DestroyReason as R};
+
+    let nl = GenlSocket::open()?;
+    let group = nl.events_group().ok_or_else(|| anyhow::anyhow!("the ntm family has no events group"))?;
+    let ev = EventSocket::open(group)?;
+    loop {
+        let batch = match ev.recv().await {
+            Ok(b) => b,
+            Err(NlError::Overrun) => {
+                write_stdout(&format!("{} (events lost: socket overrun)\n", timestamp(SystemTime::now())))?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for m in batch {
+            let t = m.tunnel().unwrap_or_default();
+            let label = t.iter().find_map(|a| if let TunnelAttr::Label(l) = a { Some(l.clone()) } else { None });
+            let local_id = t.iter().find_map(|a| if let TunnelAttr::LocalId(v) = a { Some(*v) } else { None });
+            let vip = t.iter().find_map(|a| match a {
+                TunnelAttr::Vip4(v) => Some(v.to_string()),
+                TunnelAttr::Vip6(v) => Some(v.to_string()),
+                _ => None,
+            });
+            let event = match m.cmd {
+                cmd::TUNNEL_DESTROYED_NTF => {
+                    let r = t.iter().find_map(|a| if let TunnelAttr::Reason(v) = a { R::from_u32(*v) } else { None });
+                    Event::TunnelDestroyed {
+                        fqdn: label.unwrap_or_default(),
+                        vip,
+                        reason: match r {
+                            Some(R::Idle) => DestroyReason::Idle,
+                            Some(R::Deleted) => DestroyReason::Deleted,
+                            Some(R::DeviceDown) => DestroyReason::DeviceDown,
+                            _ => DestroyReason::Error,
+                        },
+                        local_id: local_id.unwrap_or(0),
+                    }
+                }
+                cmd::TUNNEL_MISS_NTF => {
+                    let vip = m.attrs.iter().find_map(|a| match a {
+                        NtmAttr::MissVip4(v) => Some(v.to_string()),
+                        NtmAttr::MissVip6(v) => Some(v.to_string()),
+                        _ => None,
+                    });
+                    Event::TunnelMiss { vip: vip.unwrap_or_default() }
+                }
+                cmd::ENDPOINT_CHANGED_NTF => {
+                    let ip = t.iter().find_map(|a| match a {
+                        TunnelAttr::EndpointIp4(v) => Some(std::net::IpAddr::V4(*v)),
+                        TunnelAttr::EndpointIp6(v) => Some(std::net::IpAddr::V6(*v)),
+                        _ => None,
+                    });
+                    let port = t.iter().find_map(|a| if let TunnelAttr::EndpointPort(p) = a { Some(*p) } else { None });
+                    let endpoint = ip.map(|ip| std::net::SocketAddr::new(ip, port.unwrap_or(0)).to_string());
+                    Event::EndpointChanged { fqdn: label.unwrap_or_default(), endpoint: endpoint.unwrap_or_default() }
+                }
+                _ => continue,
+            };
+            let out = if json {
+                format!("{}\n", serde_json::to_string(&event)?)
+            } else {
+                format!("{} {event}\n", timestamp(SystemTime::now()))
+            };
+            write_stdout(&out)?;
+        }
+    }
 }
 
 /// Writes and flushes; a closed stdout (e.g. `| head`) ends the program quietly.
