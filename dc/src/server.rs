@@ -135,17 +135,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let send_sock: HashMap<bool, Arc<UdpSocket>> =
         sockets.iter().filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv4(), s.clone()))).collect();
     if let Some(addr) = cfg.metrics_listen {
-        let (mtx, mut mrx) = mpsc::channel::<oneshot::Sender<String>>(4);
         let tx = tx.clone();
         tokio::spawn(async move {
-            while let Some(reply) = mrx.recv().await {
-                if tx.send(Input::Metrics(reply)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            if let Err(e) = proto::metrics::serve(addr, mtx).await {
+            if let Err(e) = proto::metrics::serve(addr, tx, Input::Metrics).await {
                 warn!(%addr, "metrics: {e}");
             }
         });

@@ -162,17 +162,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Metrics.
     if let Some(addr) = cfg.metrics_listen {
-        let (tx, mut rx) = mpsc::channel::<oneshot::Sender<String>>(4);
         let cmd_tx = cmd_tx.clone();
         tokio::spawn(async move {
-            while let Some(reply) = rx.recv().await {
-                if cmd_tx.send(Cmd::Metrics(reply)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            if let Err(e) = proto::metrics::serve(addr, tx).await {
+            if let Err(e) = proto::metrics::serve(addr, cmd_tx, Cmd::Metrics).await {
                 warn!(%addr, "metrics: {e}");
             }
         });

@@ -95,7 +95,12 @@ mod serve {
     use tracing::{info, warn};
 
     /// Serves `GET /metrics` on `addr`; each scrape asks the core task for the page.
-    pub async fn serve(addr: SocketAddr, render: mpsc::Sender<oneshot::Sender<String>>) -> std::io::Result<()> {
+    /// `wrap` turns the reply channel of a scrape into a message for the daemon's task.
+    pub async fn serve<T: Send + 'static>(
+        addr: SocketAddr,
+        render: mpsc::Sender<T>,
+        wrap: fn(oneshot::Sender<String>) -> T,
+    ) -> std::io::Result<()> {
         let listener = TcpListener::bind(addr).await?;
         info!(%addr, "metrics listening");
         loop {
@@ -111,7 +116,7 @@ mod serve {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let render = render.clone();
-                    async move { Ok::<_, Infallible>(respond(req, render).await) }
+                    async move { Ok::<_, Infallible>(respond(req, render, wrap).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -122,7 +127,11 @@ mod serve {
         }
     }
 
-    async fn respond(req: Request<Incoming>, render: mpsc::Sender<oneshot::Sender<String>>) -> Response<Full<Bytes>> {
+    async fn respond<T>(
+        req: Request<Incoming>,
+        render: mpsc::Sender<T>,
+        wrap: fn(oneshot::Sender<String>) -> T,
+    ) -> Response<Full<Bytes>> {
         let reply = |status: StatusCode, body: String| {
             let mut r = Response::new(Full::new(Bytes::from(body)));
             *r.status_mut() = status;
@@ -136,7 +145,7 @@ mod serve {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n".into());
         }
         let (tx, rx) = oneshot::channel();
-        if render.send(tx).await.is_err() {
+        if render.send(wrap(tx)).await.is_err() {
             return reply(StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into());
         }
         match rx.await {
