@@ -22,11 +22,49 @@ use crate::tun::Tun;
 
 /// At most one miss event per VIP in this interval.
 const MISS_EVERY: Duration = Duration::from_secs(1);
+/// Packets for a VIP without a tunnel wait this long for it to be built, at most this many per
+/// VIP (the first packets of a connection: its SYN is not lost to the build).
+const HOLD_FOR: Duration = Duration::from_secs(5);
+const HOLD_PER_VIP: usize = 16;
+const HOLD_VIPS: usize = 1024;
+
+/// Packets held while their tunnel is being built.
+#[derive(Default)]
+struct Held {
+    by_vip: HashMap<IpAddr, (Instant, Vec<Vec<u8>>)>,
+}
+
+impl Held {
+    fn hold(&mut self, vip: IpAddr, packet: &[u8], now: Instant) {
+        if self.by_vip.len() >= HOLD_VIPS {
+            self.by_vip.retain(|_, (since, _)| now.duration_since(*since) < HOLD_FOR);
+            if self.by_vip.len() >= HOLD_VIPS {
+                return;
+            }
+        }
+        let (since, q) = self.by_vip.entry(vip).or_insert_with(|| (now, Vec::new()));
+        if now.duration_since(*since) >= HOLD_FOR {
+            *since = now;
+            q.clear();
+        }
+        if q.len() < HOLD_PER_VIP {
+            q.push(packet.to_vec());
+        }
+    }
+
+    fn take(&mut self, vip: IpAddr, now: Instant) -> Vec<Vec<u8>> {
+        match self.by_vip.remove(&vip) {
+            Some((since, q)) if now.duration_since(since) < HOLD_FOR => q,
+            _ => Vec::new(),
+        }
+    }
+}
 /// Drop logs at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
 struct Shared {
     table: Mutex<TunnelTable>,
+    held: Mutex<Held>,
     /// Wakes the sweeper when the earliest deadline may have moved.
     rearm: Notify,
 }
@@ -44,7 +82,11 @@ impl Userspace {
         idle_timeout: Duration,
         events: mpsc::Sender<DpEvent>,
     ) -> Userspace {
-        let shared = Arc::new(Shared { table: Mutex::new(TunnelTable::new(idle_timeout)), rearm: Notify::new() });
+        let shared = Arc::new(Shared {
+            table: Mutex::new(TunnelTable::new(idle_timeout)),
+            held: Mutex::new(Held::default()),
+            rearm: Notify::new(),
+        });
         tokio::spawn(tun_reader(tun.clone(), sockets.clone(), shared.clone(), events.clone()));
         for sock in [sockets.v4.clone(), sockets.v6.clone()].into_iter().flatten() {
             tokio::spawn(udp_reader(sock, tun.clone(), shared.clone(), events.clone()));
@@ -60,8 +102,22 @@ impl Dataplane for Userspace {
     }
 
     fn install(&self, spec: &TunnelSpec) -> anyhow::Result<()> {
-        self.shared.table.lock().expect("table lock").insert(spec, Instant::now());
+        let now = Instant::now();
+        let mut table = self.shared.table.lock().expect("table lock");
+        table.insert(spec, now);
         self.shared.rearm.notify_one();
+        // Send what waited for this tunnel.
+        let vips = spec.vip4.map(IpAddr::V4).into_iter().chain(spec.vip6.map(IpAddr::V6));
+        let held: Vec<Vec<u8>> = {
+            let mut h = self.shared.held.lock().expect("held lock");
+            vips.flat_map(|v| h.take(v, now)).collect()
+        };
+        let mut out = Vec::new();
+        for p in held {
+            if let Ok(dst) = table.encapsulate(&p, &mut out, now) {
+                let _ = self.sockets.try_send_to(&out, dst);
+            }
+        }
         Ok(())
     }
 
@@ -153,6 +209,7 @@ async fn tun_reader(tun: Arc<Tun>, sockets: Arc<Sockets>, shared: Arc<Shared>, e
                 }
             }
             Err(EncapError::Miss(vip)) => {
+                shared.held.lock().expect("held lock").hold(vip, &buf[..n], now);
                 let due = misses.get(&vip).is_none_or(|t| now.duration_since(*t) >= MISS_EVERY);
                 if due {
                     misses.insert(vip, now);
@@ -229,5 +286,26 @@ async fn sweeper(shared: Arc<Shared>, events: mpsc::Sender<DpEvent>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_packets_wait_a_while_and_are_bounded() {
+        let t0 = Instant::now();
+        let vip: IpAddr = "100.64.40.3".parse().unwrap();
+        let mut h = Held::default();
+        for i in 0..20u8 {
+            h.hold(vip, &[i], t0);
+        }
+        let q = h.take(vip, t0 + Duration::from_millis(10));
+        assert_eq!(q.len(), HOLD_PER_VIP);
+        assert_eq!(q[0], vec![0]);
+        assert!(h.take(vip, t0).is_empty(), "taken once");
+        h.hold(vip, &[1], t0);
+        assert!(h.take(vip, t0 + HOLD_FOR).is_empty(), "too old");
     }
 }
