@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * ntm_shim.h - the C ABI between the Rust crate (ntm_main.rs and its modules) and the C shim
+ * (ntm_shim.c), linked into one module, ntm.ko.
+ *
+ * Only opaque pointers and scalars cross it, so Rust never depends on a config-dependent
+ * struct layout. `bindings.rs` declares the same functions in the same order: keep them in
+ * step. The netlink numbers follow kmod/spec/ntm.yaml (attributes and commands in the spec's
+ * order from 1, enums from 0); tests/kmod/check-abi.py checks this file, the spec,
+ * netlink.rs and proto/src/netlink.rs against each other.
+ */
+#ifndef NTM_SHIM_H
+#define NTM_SHIM_H
+
+#include <linux/types.h>
+
+struct net;
+struct net_device;
+struct sk_buff;
+struct sock;
+struct nlattr;
+struct genl_info;
+struct netlink_callback;
+struct spinlock;
+
+/* ---- netlink numbers (kmod/spec/ntm.yaml) ---- */
+
+#define NTM_FAMILY_NAME "ntm"
+#define NTM_FAMILY_VERSION 1
+#define NTM_MCGRP_EVENTS "events"
+#define NTM_KEY_LEN 32
+#define NTM_LABEL_MAX_LEN 255
+
+enum ntm_destroy_reason {
+	NTM_DESTROY_REASON_IDLE,
+	NTM_DESTROY_REASON_DELETED,
+	NTM_DESTROY_REASON_DEVICE_DOWN,
+	NTM_DESTROY_REASON_ERROR,
+};
+
+enum {
+	NTM_A_TUNNEL_LOCAL_ID = 1,
+	NTM_A_TUNNEL_REMOTE_ID,
+	NTM_A_TUNNEL_VIP4,
+	NTM_A_TUNNEL_VIP6,
+	NTM_A_TUNNEL_ENDPOINT_IP4,
+	NTM_A_TUNNEL_ENDPOINT_IP6,
+	NTM_A_TUNNEL_ENDPOINT_PORT,
+	NTM_A_TUNNEL_SEND_KEY,
+	NTM_A_TUNNEL_RECV_KEY,
+	NTM_A_TUNNEL_LABEL,
+	NTM_A_TUNNEL_IDLE_MS,
+	NTM_A_TUNNEL_TX_PACKETS,
+	NTM_A_TUNNEL_TX_BYTES,
+	NTM_A_TUNNEL_RX_PACKETS,
+	NTM_A_TUNNEL_RX_BYTES,
+	NTM_A_TUNNEL_RX_DROPPED,
+	NTM_A_TUNNEL_REASON,
+
+	__NTM_A_TUNNEL_MAX,
+	NTM_A_TUNNEL_MAX = (__NTM_A_TUNNEL_MAX - 1)
+};
+
+enum {
+	NTM_A_IFINDEX = 1,
+	NTM_A_SOCK_FD4,
+	NTM_A_SOCK_FD6,
+	NTM_A_IDLE_TIMEOUT_MS,
+	NTM_A_TUNNEL,
+	NTM_A_MISS_VIP4,
+	NTM_A_MISS_VIP6,
+	NTM_A_RX_ORPHANS,
+
+	__NTM_A_MAX,
+	NTM_A_MAX = (__NTM_A_MAX - 1)
+};
+
+enum {
+	NTM_CMD_DEV_SET = 1,
+	NTM_CMD_DEV_GET,
+	NTM_CMD_TUNNEL_NEW,
+	NTM_CMD_TUNNEL_SET,
+	NTM_CMD_TUNNEL_GET,
+	NTM_CMD_TUNNEL_DEL,
+	NTM_CMD_TUNNEL_DESTROYED_NTF,
+	NTM_CMD_TUNNEL_MISS_NTF,
+	NTM_CMD_ENDPOINT_CHANGED_NTF,
+
+	__NTM_CMD_MAX,
+	NTM_CMD_MAX = (__NTM_CMD_MAX - 1)
+};
+
+/* ---- Rust -> C ---- */
+
+/* module registration */
+int ntm_shim_link_register(void);
+void ntm_shim_link_unregister(void);
+int ntm_shim_genl_register(void);
+void ntm_shim_genl_unregister(void);
+
+/* locking, RCU, time */
+void ntm_shim_rcu_read_lock(void);
+void ntm_shim_rcu_read_unlock(void);
+void ntm_shim_spin_lock_bh(struct spinlock *lock);
+void ntm_shim_spin_unlock_bh(struct spinlock *lock);
+unsigned long ntm_shim_jiffies(void);
+unsigned long ntm_shim_msecs_to_jiffies(u32 ms);
+u32 ntm_shim_jiffies_to_msecs(unsigned long j);
+void ntm_shim_memzero_explicit(void *p, size_t len);
+
+/* net_device */
+void *ntm_shim_dev_state(struct net_device *dev);
+void ntm_shim_dev_set_state(struct net_device *dev, void *state);
+struct net_device *ntm_shim_dev_get(struct net *net, u32 ifindex);
+void ntm_shim_dev_put(struct net_device *dev);
+struct net *ntm_shim_dev_net(struct net_device *dev);
+int ntm_shim_dev_ifindex(struct net_device *dev);
+void ntm_shim_dev_rx_add(struct net_device *dev, unsigned int len);
+/* which: see enum ntm_stat in ntm_shim.c and `Stat` in bindings.rs */
+void ntm_shim_dev_stat_inc(struct net_device *dev, int which);
+/* idle sweep: queue (force: move an already queued one) on system_power_efficient_wq */
+void ntm_shim_sweep_arm(struct net_device *dev, unsigned long delay, bool force);
+void ntm_shim_sweep_cancel(struct net_device *dev);
+
+/* sk_buff */
+void ntm_shim_kfree_skb(struct sk_buff *skb);
+void ntm_shim_consume_skb(struct sk_buff *skb);
+unsigned int ntm_shim_skb_len(const struct sk_buff *skb);
+unsigned int ntm_shim_skb_headlen(const struct sk_buff *skb);
+u8 *ntm_shim_skb_data(const struct sk_buff *skb);
+bool ntm_shim_skb_may_pull(struct sk_buff *skb, unsigned int len);
+void ntm_shim_skb_pull(struct sk_buff *skb, unsigned int len);
+void ntm_shim_skb_push(struct sk_buff *skb, unsigned int len);
+void ntm_shim_skb_put(struct sk_buff *skb, unsigned int len);
+int ntm_shim_skb_trim(struct sk_buff *skb, unsigned int len);
+int ntm_shim_skb_linearize_writable(struct sk_buff *skb);
+struct sk_buff *ntm_shim_skb_tx_prepare(struct sk_buff *skb, unsigned int headroom,
+					unsigned int tailroom);
+int ntm_shim_skb_outer_source(const struct sk_buff *skb, u8 addr[16], u16 *port);
+int ntm_shim_rx_deliver(struct net_device *dev, struct sk_buff *skb, bool ipv6);
+void ntm_shim_icmp_unreachable(struct sk_buff *skb);
+int ntm_shim_send4(struct net_device *dev, struct sock *sk, struct sk_buff *skb,
+		   const u8 daddr[4], u16 dport);
+int ntm_shim_send6(struct net_device *dev, struct sock *sk, struct sk_buff *skb,
+		   const u8 daddr[16], u16 dport);
+
+/* UDP sockets handed over by userspace */
+struct sock *ntm_shim_sock_attach(struct net_device *dev, int fd, int family, const char **why,
+				  int *err);
+void ntm_shim_sock_detach(struct sock *sk);
+void ntm_shim_sock_put(struct sock *sk);
+bool ntm_shim_sock_dead(const struct sock *sk);
+struct net_device *ntm_shim_sock_dev(struct sock *sk);
+
+/* generic netlink: requests */
+struct nlattr *ntm_shim_info_attr(const struct genl_info *info, int type);
+struct net *ntm_shim_info_net(const struct genl_info *info);
+void ntm_shim_info_error(const struct genl_info *info, const char *msg, const struct nlattr *bad);
+void ntm_shim_info_missing(const struct genl_info *info, const struct nlattr *nest, int type);
+int ntm_shim_info_parse_tunnel(const struct genl_info *info, const struct nlattr *nest,
+			       struct nlattr **tb);
+const void *ntm_shim_nla_data(const struct nlattr *nla);
+int ntm_shim_nla_len(const struct nlattr *nla);
+const struct genl_info *ntm_shim_cb_info(struct netlink_callback *cb);
+long *ntm_shim_cb_args(struct netlink_callback *cb);
+
+/* generic netlink: messages */
+struct sk_buff *ntm_shim_msg_new(bool atomic);
+void ntm_shim_msg_free(struct sk_buff *msg);
+void *ntm_shim_msg_put_reply(struct sk_buff *msg, const struct genl_info *info, u8 cmd);
+void *ntm_shim_msg_put_dump(struct sk_buff *msg, struct netlink_callback *cb, u8 cmd);
+void *ntm_shim_msg_put_event(struct sk_buff *msg, u8 cmd);
+void ntm_shim_msg_end(struct sk_buff *msg, void *hdr);
+void ntm_shim_msg_cancel(struct sk_buff *msg, void *hdr);
+int ntm_shim_msg_reply(struct sk_buff *msg, const struct genl_info *info);
+int ntm_shim_msg_multicast(struct sk_buff *msg, struct net *net, bool atomic);
+int ntm_shim_nla_put(struct sk_buff *msg, int type, const void *data, int len);
+int ntm_shim_nla_put_uint(struct sk_buff *msg, int type, u64 value);
+struct nlattr *ntm_shim_nest_start(struct sk_buff *msg, int type);
+void ntm_shim_nest_end(struct sk_buff *msg, struct nlattr *nest);
+
+/* ---- C -> Rust (#[no_mangle] extern "C" in bindings.rs) ---- */
+
+int ntm_rs_dev_new(struct net_device *dev);
+void ntm_rs_dev_free(struct net_device *dev);
+int ntm_rs_dev_open(struct net_device *dev);
+int ntm_rs_dev_stop(struct net_device *dev);
+void ntm_rs_dev_uninit(struct net_device *dev);
+void ntm_rs_xmit(struct sk_buff *skb, struct net_device *dev);
+void ntm_rs_sweep(struct net_device *dev);
+int ntm_rs_encap_rcv(struct sock *sk, struct sk_buff *skb);
+void ntm_rs_encap_destroy(struct sock *sk);
+int ntm_rs_nl_dev_set(struct sk_buff *skb, struct genl_info *info);
+int ntm_rs_nl_dev_get(struct sk_buff *skb, struct genl_info *info);
+int ntm_rs_nl_tunnel_new(struct sk_buff *skb, struct genl_info *info);
+int ntm_rs_nl_tunnel_set(struct sk_buff *skb, struct genl_info *info);
+int ntm_rs_nl_tunnel_get(struct sk_buff *skb, struct genl_info *info);
+int ntm_rs_nl_tunnel_dump(struct sk_buff *skb, struct netlink_callback *cb);
+int ntm_rs_nl_tunnel_del(struct sk_buff *skb, struct genl_info *info);
+
+#endif /* NTM_SHIM_H */

@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Transmit: an IP packet routed to the ntm device goes to the tunnel of its destination VIP,
+//! is sealed in place and leaves through the device's UDP socket. A packet for a VIP with no
+//! tunnel is dropped and reported (tunnel-miss, at most once per VIP per second) so that the
+//! daemon builds the tunnel; the sender's retransmission then goes through.
+
+use crate::bindings::{self, RcuGuard, Skb, Stat, TAG_LEN};
+use crate::crypto::DATA_HEADER;
+use crate::device::Device;
+use crate::netlink;
+use crate::socket;
+use crate::table::{TunnelStats, Vip};
+use crate::timers;
+
+/// Room in front of the inner packet: data header, UDP, outer IPv6, a link-layer header.
+const HEADROOM: usize = DATA_HEADER + 8 + 40 + 32;
+
+/// Remembers recently reported misses, one VIP per slot.
+pub(crate) struct MissLimiter {
+    slots: [(Option<Vip>, u64); 32],
+}
+
+impl MissLimiter {
+    pub(crate) const fn new() -> Self {
+        Self {
+            slots: [(None, 0); 32],
+        }
+    }
+
+    /// True if `vip` was not reported within the last `period` jiffies (and records it).
+    fn allow(&mut self, vip: Vip, now: u64, period: u64) -> bool {
+        let h = match vip {
+            Vip::V4(a) => a
+                .iter()
+                .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize)),
+            Vip::V6(a) => a
+                .iter()
+                .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize)),
+        };
+        let slot = &mut self.slots[h % 32];
+        if slot.0 == Some(vip) && now.wrapping_sub(slot.1) < period {
+            return false;
+        }
+        *slot = (Some(vip), now);
+        true
+    }
+}
+
+/// The destination VIP of an IP packet.
+fn destination(skb: &mut Skb) -> Option<Vip> {
+    if !skb.may_pull(1) {
+        return None;
+    }
+    match skb.head()[0] >> 4 {
+        4 if skb.may_pull(20) => {
+            let h = skb.head();
+            Some(Vip::V4([h[16], h[17], h[18], h[19]]))
+        }
+        6 if skb.may_pull(40) => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&skb.head()[24..40]);
+            Some(Vip::V6(a))
+        }
+        _ => None,
+    }
+}
+
+fn miss(dev: &Device, vip: Vip) {
+    let now = bindings::jiffies();
+    if dev
+        .misses
+        .lock()
+        .allow(vip, now, bindings::msecs_to_jiffies(1000))
+    {
+        netlink::notify_miss(dev, vip);
+    }
+}
+
+/// ndo_start_xmit: always consumes the skb.
+pub(crate) fn xmit(dev: &Device, mut skb: Skb) {
+    let ndev = dev.ndev;
+    let Some(vip) = destination(&mut skb) else {
+        ndev.stat(Stat::TxErrors);
+        return;
+    };
+    let guard = RcuGuard::new();
+    let Some(t) = dev.table.by_vip(&guard, vip) else {
+        miss(dev, vip);
+        ndev.stat(Stat::TxDropped);
+        return;
+    };
+    let Some(counter) = t.next_counter() else {
+        // The send counter is used up: userspace must install new keys.
+        ndev.stat(Stat::TxErrors);
+        return;
+    };
+    let len = skb.len();
+    let endpoint = t.endpoint();
+    let Some(mut skb) = skb.into_tx(HEADROOM, TAG_LEN) else {
+        ndev.stat(Stat::TxDropped);
+        return;
+    };
+    skb.push(DATA_HEADER);
+    skb.put(TAG_LEN);
+    t.seal(skb.data_mut(), counter);
+    TunnelStats::add(&t.stats.tx_packets, 1);
+    TunnelStats::add(&t.stats.tx_bytes, len as u64);
+    timers::data_sent(t);
+    // On success the outer packet is counted in the device's tx stats by the UDP tunnel core.
+    if socket::send(dev, &guard, skb, endpoint).is_err() {
+        ndev.stat(Stat::TxCarrierErrors);
+    }
+}

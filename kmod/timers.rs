@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Idle expiry, as events: the data path reports activity (`data_sent`, `data_received`), the
+//! control path reports changes (`tunnels_changed`, `timeout_changed`), and one delayed work
+//! per device (`sweep`) destroys every tunnel idle for the device's timeout, then re-arms
+//! itself for the next deadline (the ovpn model). Keepalives are not activity.
+
+use crate::bindings;
+use crate::device::Device;
+use crate::netlink::Reason;
+use crate::socket;
+use crate::table::{TableGuard, Tunnel};
+
+pub(crate) fn data_sent(t: &Tunnel) {
+    t.touch(bindings::jiffies());
+}
+
+pub(crate) fn data_received(t: &Tunnel) {
+    t.touch(bindings::jiffies());
+}
+
+/// Tunnels were added or removed: make sure a sweep is queued if anything can expire. A
+/// queued sweep is left alone: it is never later than a new tunnel's deadline.
+pub(crate) fn tunnels_changed(dev: &Device, t: &TableGuard<'_>) {
+    let ms = dev.idle_timeout_ms();
+    if ms != 0 && t.len() != 0 && !t.dev_ref().dead {
+        dev.ndev.sweep_arm(bindings::msecs_to_jiffies(ms), false);
+    }
+}
+
+/// The timeout changed: sweep now, which computes the new deadline.
+pub(crate) fn timeout_changed(dev: &Device) {
+    dev.ndev.sweep_arm(0, true);
+}
+
+/// The delayed work.
+pub(crate) fn sweep(dev: &Device) {
+    let mut t = dev.table.lock();
+    if t.dev_ref().dead {
+        return;
+    }
+    let released = socket::reap(dev, &mut t);
+    let ms = dev.idle_timeout_ms();
+    if ms != 0 {
+        let timeout = bindings::msecs_to_jiffies(ms);
+        let now = bindings::jiffies();
+        t.remove_if(
+            |tun| tun.idle(now) >= timeout,
+            |tun| crate::netlink::notify_destroyed(dev, tun, Reason::Idle, false),
+        );
+        let mut next: Option<u64> = None;
+        t.for_each(|tun| {
+            let left = timeout.saturating_sub(tun.idle(now)).max(1);
+            next = Some(next.map_or(left, |n| n.min(left)));
+        });
+        if let Some(delay) = next {
+            dev.ndev.sweep_arm(delay, true);
+        }
+    }
+    drop(t);
+    drop(released);
+}
