@@ -220,9 +220,19 @@ impl<N: NtmNames> DnsStub<N> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in listen {
-            let u = UdpSocket::bind(addr).await.map_err(|e| with_addr(e, "UDP", addr))?;
-            let bound = u.local_addr()?;
-            tcp.push(TcpListener::bind(bound).await.map_err(|e| with_addr(e, "TCP", bound))?);
+            // With port 0, TCP takes the port UDP got; if another socket holds that TCP port,
+            // try another one.
+            let mut tries = if addr.port() == 0 { 16 } else { 1 };
+            let (u, t, bound) = loop {
+                let u = UdpSocket::bind(addr).await.map_err(|e| with_addr(e, "UDP", addr))?;
+                let bound = u.local_addr()?;
+                match TcpListener::bind(bound).await {
+                    Ok(t) => break (u, t, bound),
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries > 1 => tries -= 1,
+                    Err(e) => return Err(with_addr(e, "TCP", bound)),
+                }
+            };
+            tcp.push(t);
             udp.push(Arc::new(u));
             tracing::info!(%bound, "DNS stub listening (UDP and TCP)");
         }

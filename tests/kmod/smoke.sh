@@ -14,7 +14,10 @@ set -euo pipefail
 
 HERE=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd -- "$HERE/../.." && pwd)
-NL=(python3 "$HERE/ntmnl.py")
+# Debian's python3: the pyenv shim first on PATH forks a dozen processes per call (slow under TCG).
+PY=/usr/bin/python3
+[[ -x $PY ]] || PY=python3
+NL=("$PY" "$HERE/ntmnl.py")
 W=$(mktemp -d /tmp/ntm-smoke.XXXXXX)
 PIDS=()
 
@@ -23,7 +26,7 @@ K2=$(printf '%064x' 2)
 K3=$(printf '%064x' 3)
 K4=$(printf '%064x' 4)
 
-say() { printf '== %s\n' "$*"; }
+say() { printf '== [%s] %s\n' "$(cut -d' ' -f1 /proc/uptime)" "$*"; }
 ok() { printf 'ok   %s\n' "$*"; }
 die() {
 	printf 'FAIL %s\n' "$*"
@@ -79,8 +82,8 @@ q() { jq -e "$1" >/dev/null; }
 event() { [[ -s $1 ]] && jq -e -s "any(.[]; $2)" "$1" >/dev/null; }
 count_events() { if [[ -s $1 ]]; then jq -s "[.[] | select($2)] | length" "$1"; else echo 0; fi; }
 dump() { ip netns exec "$1" "${NL[@]}" dump "$2"; }
-tunnel_of() { dump "$1" ntm0 | jq -c ".[] | .tunnel | select(.local_id == $2)"; }
-now() { python3 -c 'import time; print(time.monotonic())'; }
+tunnel_of() { dump "$1" ntm0 | jq -c ".[] | .tunnel | select(.local_id == $(($2)))"; }
+now() { cut -d' ' -f1 /proc/uptime; }
 
 tunnel_json() { # local remote vip4 vip6 endpoint send recv label
 	printf '{"local_id": %d, "remote_id": %d, "vip4": "%s", "vip6": "%s", "endpoint": "%s", "send_key": "%s", "recv_key": "%s", "label": "%s"}' "$@"
@@ -94,7 +97,7 @@ if [[ ! -d /sys/module/ntm ]]; then
 fi
 dmesg | grep -q 'ntm: self-test: golden vectors sealed and opened' || die "no self-test line in dmesg"
 ok "loaded, self-test passed: $(dmesg | grep 'ntm: self-test' | tail -1 | sed 's/^\[[^]]*\] //')"
-python3 "$HERE/check-abi.py"
+"$PY" "$HERE/check-abi.py"
 
 say "topology"
 ip netns add a
@@ -125,11 +128,11 @@ ok "ntm0 in a and b: $(ip -n a -d -o link show ntm0 | grep -o '<[^>]*> mtu [0-9]
 
 say "agents"
 cat >"$W/a.json" <<EOF
-{"ifname": "ntm0", "port": 7600, "idle_ms": 60000, "events": "$W/a.events", "signals": "$W/a.signals",
+{"ifname": "ntm0", "port": 7600, "idle_ms": 600000, "events": "$W/a.events", "signals": "$W/a.signals",
  "ready": "$W/a.ready", "tunnels": [$(tunnel_json 0x1111 0x2222 100.64.0.2 fd7a::2 10.9.0.2:7600 "$K1" "$K2" b.test)]}
 EOF
 cat >"$W/b.json" <<EOF
-{"ifname": "ntm0", "port": 7600, "idle_ms": 60000, "events": "$W/b.events", "signals": "$W/b.signals",
+{"ifname": "ntm0", "port": 7600, "idle_ms": 600000, "events": "$W/b.events", "signals": "$W/b.signals",
  "ready": "$W/b.ready", "tunnels": [$(tunnel_json 0x2222 0x1111 100.64.0.1 fd7a::1 10.9.0.1:7600 "$K2" "$K1" a.test)]}
 EOF
 ina "${NL[@]}" agent "$W/a.json" >"$W/a.log" 2>&1 &
@@ -141,7 +144,7 @@ wait_for 30 "agents ready" test -e "$W/a.ready" -a -e "$W/b.ready"
 inb "${NL[@]}" monitor "$W/b.monitor" >/dev/null 2>&1 &
 PIDS+=($!)
 ok "sockets handed over, tunnels installed"
-ina "${NL[@]}" dev-get ntm0 | q '.idle_timeout_ms == 60000 and .rx_orphans == 0' || die "dev-get"
+ina "${NL[@]}" dev-get ntm0 | q '.idle_timeout_ms == 600000 and .rx_orphans == 0' || die "dev-get"
 ok "dev-get: $(ina "${NL[@]}" dev-get ntm0)"
 
 say "traffic"
@@ -249,21 +252,24 @@ wait_for 30 "destroyed (idle) at a" event "$W/a.events" \
 wait_for 30 "destroyed (idle) at b" event "$W/b.events" \
 	'.cmd == "tunnel-destroyed-ntf" and .tunnel.local_id == 8738 and .tunnel.reason_name == "idle"'
 TI=$(jq -s '[.[] | select(.cmd == "tunnel-destroyed-ntf" and .tunnel.reason_name == "idle")][0].time' "$W/a.events")
-python3 -c "import sys; d = $TI - $T0; print(f'     idle destroy {d:.1f}s after the last data'); sys.exit(0 if 2.5 <= d <= 20 else 1)" ||
+"$PY" -c "import sys; d = $TI - $T0; print(f'     idle destroy {d:.1f}s after the last data'); sys.exit(0 if 2.5 <= d <= 30 else 1)" ||
 	die "idle expiry at the wrong time"
 [[ $(dump a ntm0 | jq length) = 0 ]] || die "a still has tunnels"
-ina "${NL[@]}" dev-set ntm0 idle=60000
-inb "${NL[@]}" dev-set ntm0 idle=60000
+ina "${NL[@]}" dev-set ntm0 idle=600000
+inb "${NL[@]}" dev-set ntm0 idle=600000
 ok "3 s without data: tunnel-destroyed-ntf reason idle on both sides, table empty"
 
 say "tunnel miss"
-ina ping -c 5 -i 0.3 -W 1 100.64.0.2 >/dev/null && die "ping without a tunnel succeeded"
+ina ping -c 1 -W 1 100.64.0.2 >/dev/null && die "ping without a tunnel succeeded"
 ina ping -6 -c 1 -W 1 fd7a::2 >/dev/null && die "ping6 without a tunnel succeeded"
-sleep 0.5
-N=$(count_events "$W/a.events" '.cmd == "tunnel-miss-ntf" and .miss_vip4 == "100.64.0.2"')
-((N >= 1 && N <= 3)) || die "$N tunnel-miss-ntf for 5 packets in 1.2 s"
-event "$W/a.events" '.cmd == "tunnel-miss-ntf" and .miss_vip6 == "fd7a::2" and .ifindex > 0' || die "no miss for fd7a::2"
-ok "5 packets without a tunnel: $N tunnel-miss-ntf (rate limited), and one for the IPv6 VIP"
+ip -n a route add 100.64.0.77/32 dev ntm0
+ina "${NL[@]}" send 100.64.0.77 9 00 200
+sleep 1
+wait_for 10 "tunnel-miss-ntf for 100.64.0.2" event "$W/a.events" '.cmd == "tunnel-miss-ntf" and .miss_vip4 == "100.64.0.2" and .ifindex > 0'
+wait_for 10 "tunnel-miss-ntf for fd7a::2" event "$W/a.events" '.cmd == "tunnel-miss-ntf" and .miss_vip6 == "fd7a::2"'
+N=$(count_events "$W/a.events" '.cmd == "tunnel-miss-ntf" and .miss_vip4 == "100.64.0.77"')
+((N >= 1 && N <= 2)) || die "$N tunnel-miss-ntf for a burst of 200 packets to 100.64.0.77"
+ok "packets without a tunnel: tunnel-miss-ntf for 100.64.0.2 and fd7a::2; a burst of 200 to 100.64.0.77 gave $N (rate limited)"
 
 say "rebuild, delete"
 ina "${NL[@]}" tunnel-new ntm0 "$(tunnel_json 0x1113 0x2223 100.64.0.2 fd7a::2 10.9.0.3:7600 "$K1" "$K3" b.test)"
@@ -305,14 +311,18 @@ ok "down: tunnels destroyed (reason device-down), tunnel-new refused (ENETDOWN);
 
 say "the kernel's YNL CLI"
 YNL=$(ls -d /var/cache/ntm-kernel/*/linux/tools/net/ynl/cli.py 2>/dev/null | head -1 || true)
-if [[ -n $YNL ]] && python3 -c 'import yaml, jsonschema' 2>/dev/null; then
-	SCHEMA=$(dirname "$YNL")/../../../Documentation/netlink/genetlink.yaml
-	ina python3 "$YNL" --spec "$REPO/kmod/spec/ntm.yaml" --schema "$SCHEMA" --dump tunnel-get --json "{\"ifindex\": $(ina cat /sys/class/net/ntm0/ifindex)}" >"$W/ynl" 2>&1 ||
-		die "YNL dump: $(cat "$W/ynl")"
+if [[ -n $YNL ]] && "$PY" -c 'import yaml' 2>/dev/null; then
+	# The spec's schema check needs jsonschema (check-abi.py does it on hosts that have it).
+	SCHEMA=(--no-schema)
+	if "$PY" -c 'import jsonschema' 2>/dev/null; then
+		SCHEMA=(--schema "$(dirname "$YNL")/../../../Documentation/netlink/genetlink.yaml")
+	fi
+	ina "$PY" "$YNL" --spec "$REPO/kmod/spec/ntm.yaml" "${SCHEMA[@]}" --dump tunnel-get \
+		--json "{\"ifindex\": $(ina cat /sys/class/net/ntm0/ifindex)}" >"$W/ynl" 2>&1 || die "YNL dump: $(cat "$W/ynl")"
 	grep -q "'local-id': 4374" "$W/ynl" || die "YNL dump: $(cat "$W/ynl")"
 	ok "cli.py --spec kmod/spec/ntm.yaml --dump tunnel-get: $(tr -d '\n' <"$W/ynl" | cut -c1-160)..."
 else
-	echo "SKIP YNL CLI: no kernel tree with tools/net/ynl under /var/cache/ntm-kernel, or no python3-yaml/jsonschema"
+	echo "SKIP YNL CLI: no kernel tree with tools/net/ynl under /var/cache/ntm-kernel, or no python3-yaml"
 fi
 
 say "unload with devices present"
