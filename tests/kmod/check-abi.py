@@ -85,9 +85,24 @@ for n in (0, 1):
     if f'"{vec}"' not in crypto:
         errors.append(f'kmod/crypto.rs lacks tests/golden/data-counter{n}.hex')
 
+# The spec against the kernel's genetlink schema, where a kernel tree and jsonschema are at hand.
+schema_note = 'schema not checked (no jsonschema or kernel tree)'
+try:
+    import glob
+    import jsonschema
+    import yaml
+    schemas = sorted(glob.glob('/var/cache/ntm-kernel/*/linux/Documentation/netlink/genetlink.yaml'))
+    if schemas:
+        jsonschema.validate(yaml.safe_load(spec), yaml.safe_load(open(schemas[0])))
+        schema_note = 'spec valid against genetlink.yaml'
+except ImportError:
+    pass
+except Exception as e:  # jsonschema.ValidationError
+    errors.append(f'kmod/spec/ntm.yaml does not validate against genetlink.yaml: {e}')
+
 if errors:
     for e in errors:
         print('FAIL', e)
     sys.exit(1)
 print(f'ok   ABI: {len(ops)} commands, {len(ntm)} + {len(tunnel)} attributes, {len(reasons)} reasons agree in the '
-      'spec, ntm_shim.h, kmod/netlink.rs, proto/src/netlink.rs; golden vectors match')
+      'spec, ntm_shim.h, kmod/netlink.rs, proto/src/netlink.rs; golden vectors match; ' + schema_note)

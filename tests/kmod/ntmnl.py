@@ -15,7 +15,7 @@ Numbers follow kmod/spec/ntm.yaml. Subcommands:
   dev-set IFNAME [idle=MS] [fd4=-1] [fd6=-1]   (-1 gives a socket back)
   send HOST PORT HEX [COUNT]   send UDP datagrams (HEX payload) from an ephemeral port
   flood HOST PORT RECEIVER COUNT   malformed data packets at the port
-  replay IFNAME_OUT HOST PORT   capture one data packet leaving IFNAME_OUT, send it again
+  replay IFNAME_OUT HOST PORT VIP   ping VIP, capture its data packet leaving IFNAME_OUT, resend it
   fuzz IFNAME            bad requests: each must fail with the right errno and extack text
   expect-eperm IFNAME    (run unprivileged) requests and subscriptions must fail with EPERM
   flood-requests IFNAME COUNT   many requests in a row; all must be answered
@@ -377,12 +377,15 @@ def cmd_flood(host, port, receiver, count):
         s.sendto(p, (host, int(port)))
 
 
-def cmd_replay(ifname_out, host, port):
-    """Captures one data packet leaving on ifname_out (AF_PACKET) and sends its payload again
-    from an ephemeral port: the receiver must drop it (replay) and must not roam to that port."""
+def cmd_replay(ifname_out, host, port, vip):
+    """Pings `vip` and captures the data packet that leaves on ifname_out (AF_PACKET) for
+    host:port, then sends its payload again, twice, from an ephemeral port: the receiver must
+    drop both (replays) and must not roam to that port."""
+    import subprocess
     cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
     cap.bind((ifname_out, 0x0800))
     cap.settimeout(10)
+    subprocess.run(['ping', '-c', '1', '-W', '5', vip], check=True, stdout=subprocess.DEVNULL)
     deadline = time.time() + 10
     while time.time() < deadline:
         pkt, addr = cap.recvfrom(65536)

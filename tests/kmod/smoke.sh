@@ -178,11 +178,7 @@ ok "a data packet for an unknown receiver: consumed, rx-orphans 1"
 
 say "replay"
 BEFORE=$(tunnel_of a 0x1111 | jq .rx_dropped)
-inb "${NL[@]}" replay vb 10.9.0.1 7600 >"$W/replay" &
-RP=$!
-sleep 1
-inb ping -c 1 -W 3 100.64.0.1 >/dev/null || die "ping during replay"
-wait $RP || die "replay: $(cat "$W/replay")"
+inb "${NL[@]}" replay vb 10.9.0.1 7600 100.64.0.1 >"$W/replay" 2>&1 || die "replay: $(cat "$W/replay")"
 sleep 1
 T=$(tunnel_of a 0x1111)
 echo "$T" | q ".rx_dropped >= $BEFORE + 2 and .endpoint_port == 7600" || die "replayed packets: $T"
