@@ -66,7 +66,19 @@ fn destination(skb: &mut Skb) -> Option<Vip> {
     }
 }
 
+/// Multicast and broadcast destinations are never peers (IPv6 router solicitations, mDNS...):
+/// they are dropped without a miss.
+fn is_peer_address(vip: Vip) -> bool {
+    match vip {
+        Vip::V4(a) => a[0] < 224 && a != [0; 4],
+        Vip::V6(a) => a[0] != 0xff && a != [0; 16],
+    }
+}
+
 fn miss(dev: &Device, vip: Vip) {
+    if !is_peer_address(vip) {
+        return;
+    }
     let now = bindings::jiffies();
     if dev
         .misses

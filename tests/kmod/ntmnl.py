@@ -382,14 +382,15 @@ def cmd_replay(ifname_out, host, port, vip):
     host:port, then sends its payload again, twice, from an ephemeral port: the receiver must
     drop both (replays) and must not roam to that port."""
     import subprocess
-    cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-    cap.bind((ifname_out, 0x0800))
+    # Outgoing packets reach only ETH_P_ALL taps.
+    cap = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
+    cap.bind((ifname_out, 3))
     cap.settimeout(10)
     subprocess.run(['ping', '-c', '1', '-W', '5', vip], check=True, stdout=subprocess.DEVNULL)
     deadline = time.time() + 10
     while time.time() < deadline:
         pkt, addr = cap.recvfrom(65536)
-        if addr[2] != socket.PACKET_OUTGOING:
+        if addr[2] != socket.PACKET_OUTGOING or addr[1] != 0x0800:
             continue
         ihl = (pkt[0] & 15) * 4
         if pkt[9] != 17:
@@ -452,7 +453,10 @@ def cmd_fuzz(ifname):
     u6.bind(('::1', 0))
     expect_error('dev-set IPv6 socket as sock-fd4', lambda: dev_set(g, ifi, fd4=u6.fileno()), errno.EAFNOSUPPORT,
                  'not an IPv4 socket')
-    expect_error('dev-set dual-stack socket as sock-fd6', lambda: dev_set(g, ifi, fd6=u6.fileno()), errno.EINVAL,
+    dual = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    dual.bind(('::', 0))
+    expect_error('dev-set dual-stack socket as sock-fd6', lambda: dev_set(g, ifi, fd6=dual.fileno()), errno.EINVAL,
                  'IPV6_V6ONLY')
     u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     expect_error('dev-set unbound socket', lambda: dev_set(g, ifi, fd4=u4.fileno()), errno.EINVAL, 'not bound')

@@ -135,13 +135,15 @@ cat >"$W/b.json" <<EOF
 {"ifname": "ntm0", "port": 7600, "idle_ms": 600000, "events": "$W/b.events", "signals": "$W/b.signals",
  "ready": "$W/b.ready", "tunnels": [$(tunnel_json 0x2222 0x1111 100.64.0.1 fd7a::1 10.9.0.1:7600 "$K2" "$K1" a.test)]}
 EOF
-ina "${NL[@]}" agent "$W/a.json" >"$W/a.log" 2>&1 &
+# Background processes are started without the ina/inb functions: $! is then the agent itself
+# (ip netns exec execs it), not a subshell that a kill would leave it behind.
+ip netns exec a "${NL[@]}" agent "$W/a.json" >"$W/a.log" 2>&1 &
 PIDS+=($!)
-inb "${NL[@]}" agent "$W/b.json" >"$W/b.log" 2>&1 &
+ip netns exec b "${NL[@]}" agent "$W/b.json" >"$W/b.log" 2>&1 &
 PIDS+=($!)
 B_AGENT=$!
 wait_for 30 "agents ready" test -e "$W/a.ready" -a -e "$W/b.ready"
-inb "${NL[@]}" monitor "$W/b.monitor" >/dev/null 2>&1 &
+ip netns exec b "${NL[@]}" monitor "$W/b.monitor" >/dev/null 2>&1 &
 PIDS+=($!)
 ok "sockets handed over, tunnels installed"
 ina "${NL[@]}" dev-get ntm0 | q '.idle_timeout_ms == 600000 and .rx_orphans == 0' || die "dev-get"
@@ -161,7 +163,7 @@ echo "     a's tunnel: $T"
 echo "$T" | q '.tx_packets >= 6 and .rx_packets >= 6 and .rx_bytes > 0 and .tx_bytes > 0' || die "counters"
 echo "$T" | q '.label == "b.test" and .endpoint_ip4 == "10.9.0.2" and .endpoint_port == 7600 and .remote_id == 8738' ||
 	die "tunnel attributes"
-echo "$T" | q '.idle_ms < 10000 and (has("send_key") | not) and (has("recv_key") | not)' || die "idle-ms or keys in dump"
+echo "$T" | q '.idle_ms < 60000 and (has("send_key") | not) and (has("recv_key") | not)' || die "idle-ms or keys in dump"
 ok "dump: counters, label, endpoint, idle-ms; no keys"
 
 say "signaling falls through to the daemon's socket"
@@ -201,8 +203,13 @@ ina "${NL[@]}" fuzz ntm0 | sed 's/^/     /'
 ok "fuzz"
 ina setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all \
 	"${NL[@]}" expect-eperm ntm0 | sed 's/^/     /'
-ina unshare -U -r "${NL[@]}" expect-eperm ntm0 | sed 's/^/     /'
-ok "unprivileged callers (uid 65534; root of a user namespace) get EPERM"
+if unshare -U -r true 2>/dev/null; then
+	ina unshare -U -r "${NL[@]}" expect-eperm ntm0 | sed 's/^/     /'
+	ok "unprivileged callers (uid 65534; root of a user namespace) get EPERM"
+else
+	ok "unprivileged callers (uid 65534) get EPERM"
+	echo "SKIP root of a user namespace: this kernel has no user namespaces (CONFIG_USER_NS)"
+fi
 ip -n a link add ntm1 type ntm
 ip -n a link set ntm1 up
 ina "${NL[@]}" flood-requests ntm1 300 | sed 's/^/     /'
@@ -239,10 +246,11 @@ ina ping -c 2 -W 3 100.64.0.2 >/dev/null || die "ping after replacement"
 ok "tunnel-new to the same VIPs replaced the old tunnels (destroyed, reason deleted) with new keys and ids"
 
 say "idle expiry"
-ina "${NL[@]}" dev-set ntm0 idle=3000
-inb "${NL[@]}" dev-set ntm0 idle=3000
+# The last data first, then the timeout (under TCG, setting it takes longer than 3 s).
 ina ping -c 1 -W 3 100.64.0.2 >/dev/null || die "ping before idling"
 T0=$(now)
+ina "${NL[@]}" dev-set ntm0 idle=3000
+inb "${NL[@]}" dev-set ntm0 idle=3000
 wait_for 30 "destroyed (idle) at a" event "$W/a.events" \
 	'.cmd == "tunnel-destroyed-ntf" and .tunnel.local_id == 4370 and .tunnel.reason_name == "idle"'
 wait_for 30 "destroyed (idle) at b" event "$W/b.events" \
@@ -266,6 +274,9 @@ wait_for 10 "tunnel-miss-ntf for fd7a::2" event "$W/a.events" '.cmd == "tunnel-m
 N=$(count_events "$W/a.events" '.cmd == "tunnel-miss-ntf" and .miss_vip4 == "100.64.0.77"')
 ((N >= 1 && N <= 2)) || die "$N tunnel-miss-ntf for a burst of 200 packets to 100.64.0.77"
 ok "packets without a tunnel: tunnel-miss-ntf for 100.64.0.2 and fd7a::2; a burst of 200 to 100.64.0.77 gave $N (rate limited)"
+N=$(count_events "$W/a.events" '.cmd == "tunnel-miss-ntf" and ((.miss_vip6 // "") | startswith("ff"))')
+((N == 0)) || die "$N tunnel-miss-ntf for IPv6 multicast (router solicitations): not peers"
+ok "no tunnel-miss-ntf for multicast destinations (the device's router solicitations)"
 
 say "rebuild, delete"
 ina "${NL[@]}" tunnel-new ntm0 "$(tunnel_json 0x1113 0x2223 100.64.0.2 fd7a::2 10.9.0.3:7600 "$K1" "$K3" b.test)"
