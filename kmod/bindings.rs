@@ -12,7 +12,7 @@
 
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use kernel::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
@@ -695,8 +695,12 @@ impl Drop for SockRef {
 }
 
 /// Where the data path finds a device's socket of one family: published for RCU readers.
-/// The slot owns the [`SockRef`] it publishes.
-pub(crate) struct SockSlot(AtomicPtr<sock>);
+/// The slot owns the [`SockRef`] it publishes. `lost` says its owner closed it (encap_destroy
+/// saw it go): the sweep then gives it up.
+pub(crate) struct SockSlot {
+    ptr: AtomicPtr<sock>,
+    lost: AtomicBool,
+}
 
 // SAFETY: the pointer is only published and read atomically; see `get` and `replace`.
 unsafe impl Send for SockSlot {}
@@ -707,21 +711,39 @@ unsafe impl Sync for SockSlot {}
 #[derive(Clone, Copy)]
 pub(crate) struct SockHandle<'g>(NonNull<sock>, PhantomData<&'g RcuGuard>);
 
+/// A socket being destroyed, as encap_destroy names it: only compared, never dereferenced.
+#[derive(Clone, Copy)]
+pub(crate) struct ClosingSock(*mut sock);
+
 impl SockSlot {
     pub(crate) const fn new() -> Self {
-        Self(AtomicPtr::new(ptr::null_mut()))
+        Self {
+            ptr: AtomicPtr::new(ptr::null_mut()),
+            lost: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn get<'g>(&self, _guard: &'g RcuGuard) -> Option<SockHandle<'g>> {
-        NonNull::new(self.0.load(Ordering::Acquire)).map(|p| SockHandle(p, PhantomData))
+        NonNull::new(self.ptr.load(Ordering::Acquire)).map(|p| SockHandle(p, PhantomData))
     }
 
-    /// Is the published socket closed by its owner?
-    pub(crate) fn is_dead(&self, _guard: &RcuGuard) -> bool {
-        let p = self.0.load(Ordering::Acquire);
+    /// Marks the slot's socket lost if it is `sk`; true if it was.
+    pub(crate) fn mark_lost(&self, sk: ClosingSock) -> bool {
+        let holds = !sk.0.is_null() && self.ptr.load(Ordering::Acquire) == sk.0;
+        if holds {
+            self.lost.store(true, Ordering::Release);
+        }
+        holds
+    }
+
+    /// Was the published socket closed by its owner (marked by encap_destroy, or already
+    /// orphaned)? Clears the mark.
+    pub(crate) fn take_lost(&self, _guard: &RcuGuard) -> bool {
+        let marked = self.lost.swap(false, Ordering::AcqRel);
+        let p = self.ptr.load(Ordering::Acquire);
         // SAFETY: a socket read from the slot under RCU stays valid until the guard drops: a
         // replaced SockRef waits for a grace period before dropping its reference.
-        !p.is_null() && unsafe { ntm_shim_sock_dead(p) }
+        !p.is_null() && (marked || unsafe { ntm_shim_sock_dead(p) })
     }
 
     /// Publishes `new` and returns the previous socket, whose drop waits for readers. Callers
@@ -732,7 +754,9 @@ impl SockSlot {
             core::mem::forget(s);
             p
         });
-        NonNull::new(self.0.swap(p, Ordering::AcqRel)).map(SockRef)
+        let old = NonNull::new(self.ptr.swap(p, Ordering::AcqRel)).map(SockRef);
+        self.lost.store(false, Ordering::Release);
+        old
     }
 }
 
@@ -1162,7 +1186,7 @@ extern "C" fn ntm_rs_encap_rcv(sk: *mut sock, skb: *mut sk_buff) -> c_int {
 extern "C" fn ntm_rs_encap_destroy(sk: *mut sock) {
     let guard = RcuGuard::new();
     if let Some(d) = sock_device(sk, &guard) {
-        crate::socket::closed_by_owner(d);
+        crate::socket::closed_by_owner(d, ClosingSock(sk));
     }
 }
 

@@ -5,7 +5,7 @@
 //! ntm` in any namespace; its life: new → open (up) → stop (down: every tunnel is destroyed,
 //! reason device-down) → uninit (the sockets are given back) → destructor (state freed).
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use kernel::prelude::*;
 
@@ -37,8 +37,6 @@ pub(crate) struct Device {
     pub(crate) idle_timeout_ms: AtomicU32,
     /// Data packets that matched no tunnel (or were malformed).
     pub(crate) rx_orphans: AtomicU64,
-    /// A socket's owner closed it: the next sweep releases it.
-    pub(crate) socket_lost: AtomicBool,
     #[pin]
     pub(crate) misses: SpinLockBh<MissLimiter>,
 }
@@ -52,7 +50,6 @@ impl Device {
             sock6: SockSlot::new(),
             idle_timeout_ms: AtomicU32::new(DEFAULT_IDLE_TIMEOUT_MS),
             rx_orphans: AtomicU64::new(0),
-            socket_lost: AtomicBool::new(false),
             misses <- new_spinlock_bh!(MissLimiter::new(), "ntm_misses"),
         }? Error)
     }

@@ -5,11 +5,9 @@
 //! module installs its encap hook on them: data packets are decapsulated here, everything else
 //! stays on the socket for the daemon. Also the endpoints tunnels send to.
 
-use core::sync::atomic::Ordering;
-
 use kernel::prelude::*;
 
-use crate::bindings::{AttachError, NetDev, RcuGuard, SockRef, WritableSkb};
+use crate::bindings::{AttachError, ClosingSock, NetDev, RcuGuard, SockRef, WritableSkb};
 use crate::device::Device;
 use crate::netlink::Reason;
 use crate::table::TableGuard;
@@ -84,24 +82,21 @@ pub(crate) fn apply(
     }
 }
 
-/// encap_destroy: the daemon closed one of the sockets. The sweep work releases it (it may
-/// sleep; this context is better left alone).
-pub(crate) fn closed_by_owner(dev: &Device) {
-    dev.socket_lost.store(true, Ordering::Release);
-    dev.ndev.sweep_arm(0, true);
+/// encap_destroy: the daemon closed one of the sockets (it is not yet marked dead). The sweep
+/// work releases it (it may sleep; this context is better left alone).
+pub(crate) fn closed_by_owner(dev: &Device, sk: ClosingSock) {
+    if dev.sock4.mark_lost(sk) || dev.sock6.mark_lost(sk) {
+        dev.ndev.sweep_arm(0, true);
+    }
 }
 
 /// From the sweep: releases sockets closed by their owner, destroying the tunnels that used
 /// them (reason error). Returns them to drop after unlocking.
 pub(crate) fn reap(dev: &Device, t: &mut TableGuard<'_>) -> [Option<SockRef>; 2] {
     let mut gone = [None, None];
-    if !dev.socket_lost.swap(false, Ordering::AcqRel) {
-        return gone;
-    }
     for (i, ipv6) in [false, true].into_iter().enumerate() {
         let slot = if ipv6 { &dev.sock6 } else { &dev.sock4 };
-        let dead = slot.is_dead(&RcuGuard::new());
-        if dead {
+        if slot.take_lost(&RcuGuard::new()) {
             pr_info!(
                 "socket (IPv{}) closed by its owner: released\n",
                 if ipv6 { 6 } else { 4 }

@@ -297,8 +297,11 @@ wait_for 10 "data-typed datagram at a's plain socket" event "$W/a.signals" '.hex
 ok "dev-set fd4=-1: IPv4 tunnels destroyed (reason error), the socket is plain UDP again"
 
 say "socket closed by its owner"
+inb ss -uanp | sed 's/^/     before: /'
 kill "$B_AGENT"
 wait "$B_AGENT" 2>/dev/null || true
+sleep 1
+inb ss -uanp | sed 's/^/     after: /'
 wait_for 10 "destroyed (error) at b" event "$W/b.monitor" \
 	'.cmd == "tunnel-destroyed-ntf" and .tunnel.local_id == 8739 and .tunnel.reason_name == "error"'
 ok "b's agent died: its tunnel destroyed with reason error"
@@ -308,7 +311,7 @@ ina "${NL[@]}" tunnel-new ntm0 "$(tunnel_json 0x1115 0x2223 100.64.0.2 fd7a::2 '
 ip -n a link set ntm0 down
 wait_for 10 "destroyed (device-down)" event "$W/a.events" \
 	'.cmd == "tunnel-destroyed-ntf" and .tunnel.local_id == 4373 and .tunnel.reason_name == "device-down"'
-if ina "${NL[@]}" tunnel-new ntm0 "$(tunnel_json 0x1116 0x2223 100.64.0.2 fd7a::2 '[fd00:9::2]:7600' "$K1" "$K3" x)" 2>"$W/err"; then
+if ina "${NL[@]}" tunnel-new ntm0 "$(tunnel_json 0x1116 0x2223 100.64.0.2 fd7a::2 '[fd00:9::2]:7600' "$K1" "$K3" x)" >"$W/err" 2>&1; then
 	die "tunnel-new on a down device"
 fi
 grep -q 'device is down' "$W/err" || grep -q 'ENETDOWN' "$W/err" || die "tunnel-new on a down device: $(cat "$W/err")"
