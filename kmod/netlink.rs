@@ -245,9 +245,11 @@ pub(crate) fn dev_set(info: &Info<'_>) -> Result {
         }
     }
     let mut old: [Option<SockRef>; 2] = [None, None];
+    let mut sweep = false;
     for (i, change) in changes.into_iter().enumerate() {
         if let Some(change) = change {
             old[i] = socket::apply(&dev, &mut t, change, i == 1);
+            sweep = true;
         }
     }
     if let Some(a) = timeout {
@@ -255,6 +257,10 @@ pub(crate) fn dev_set(info: &Info<'_>) -> Result {
             a.u32().ok_or(EINVAL)?,
             core::sync::atomic::Ordering::Relaxed,
         );
+        sweep = true;
+    }
+    if sweep {
+        // The sweep computes the next deadline, and watches the sockets now attached.
         timers::timeout_changed(&dev);
     }
     drop(t);

@@ -107,6 +107,12 @@ pub(crate) fn reap(dev: &Device, t: &mut TableGuard<'_>) -> [Option<SockRef>; 2]
     gone
 }
 
+/// Does the device hold a socket of either family?
+pub(crate) fn any_attached(dev: &Device) -> bool {
+    let guard = RcuGuard::new();
+    dev.sock4.get(&guard).is_some() || dev.sock6.get(&guard).is_some()
+}
+
 /// Sends a sealed packet to `ep` from the device's socket of that family.
 pub(crate) fn send(dev: &Device, guard: &RcuGuard, skb: WritableSkb, ep: Endpoint) -> Result {
     match ep {

@@ -33,6 +33,11 @@ pub(crate) fn timeout_changed(dev: &Device) {
     dev.ndev.sweep_arm(0, true);
 }
 
+/// How often the sweep looks for sockets closed by their owner while any is attached: the
+/// socket's encap_destroy hook reports a close at once, but it runs only while the UDP tunnel
+/// static key is on, so the sweep checks too (a closed socket is marked dead).
+const SOCKET_CHECK_MS: u32 = 2000;
+
 /// The delayed work.
 pub(crate) fn sweep(dev: &Device) {
     let mut t = dev.table.lock();
@@ -41,6 +46,7 @@ pub(crate) fn sweep(dev: &Device) {
     }
     let released = socket::reap(dev, &mut t);
     let ms = dev.idle_timeout_ms();
+    let mut next: Option<u64> = None;
     if ms != 0 {
         let timeout = bindings::msecs_to_jiffies(ms);
         let now = bindings::jiffies();
@@ -48,14 +54,17 @@ pub(crate) fn sweep(dev: &Device) {
             |tun| tun.idle(now) >= timeout,
             |tun| crate::netlink::notify_destroyed(dev, tun, Reason::Idle, false),
         );
-        let mut next: Option<u64> = None;
         t.for_each(|tun| {
             let left = timeout.saturating_sub(tun.idle(now)).max(1);
             next = Some(next.map_or(left, |n| n.min(left)));
         });
-        if let Some(delay) = next {
-            dev.ndev.sweep_arm(delay, true);
-        }
+    }
+    if socket::any_attached(dev) {
+        let check = bindings::msecs_to_jiffies(SOCKET_CHECK_MS);
+        next = Some(next.map_or(check, |n| n.min(check)));
+    }
+    if let Some(delay) = next {
+        dev.ndev.sweep_arm(delay, true);
     }
     drop(t);
     drop(released);
