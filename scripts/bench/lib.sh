@@ -38,7 +38,11 @@ bench_init() {
 	stamp=$(date +%Y%m%d-%H%M%S)
 	RESULT=$BENCH_DIR/$BENCH_NAME-$stamp.txt
 	: >"$RESULT"
-	if [[ -z ${NTM_LAB_DIR:-} ]]; then
+	if [[ -z ${NTM_LAB_DIR:-} && ${NTM_VM_GUEST:-0} = 1 ]]; then
+		# In the QEMU guest: QEMU's 9p refuses unix sockets in the checkout, and target/lab is
+		# the guest's own tmpfs (saved to the run directory at the end).
+		NTM_LAB_DIR=$BENCH_REPO/target/lab
+	elif [[ -z ${NTM_LAB_DIR:-} ]]; then
 		NTM_LAB_DIR=$BENCH_DIR/lab-$BENCH_NAME-$stamp
 		# shellcheck disable=SC2012 # names without spaces
 		for old in $(ls -1d "$BENCH_DIR/lab-$BENCH_NAME-"* 2>/dev/null | sort | head -n -4); do
