@@ -48,6 +48,8 @@ extern "C" {
     // locking, RCU, time
     fn ntm_shim_rcu_read_lock();
     fn ntm_shim_rcu_read_unlock();
+    fn ntm_shim_local_bh_disable();
+    fn ntm_shim_local_bh_enable();
     fn ntm_shim_spin_lock_bh(lock: *mut kernel::bindings::spinlock_t);
     fn ntm_shim_spin_unlock_bh(lock: *mut kernel::bindings::spinlock_t);
     fn ntm_shim_jiffies() -> c_ulong;
@@ -85,6 +87,7 @@ extern "C" {
         tailroom: c_uint,
     ) -> *mut sk_buff;
     fn ntm_shim_skb_outer_source(skb: *const sk_buff, addr: *mut u8, port: *mut u16) -> c_int;
+    fn ntm_shim_skb_alloc(headroom: c_uint, len: c_uint) -> *mut sk_buff;
     fn ntm_shim_rx_deliver(dev: *mut net_device, skb: *mut sk_buff, ipv6: bool) -> c_int;
     fn ntm_shim_send4(
         dev: *mut net_device,
@@ -188,6 +191,9 @@ pub(crate) mod err {
     pub(crate) fn ealready() -> Error {
         e(kernel::bindings::EALREADY)
     }
+    pub(crate) fn ekeyexpired() -> Error {
+        e(kernel::bindings::EKEYEXPIRED)
+    }
 }
 
 fn errno(rc: c_int) -> Result {
@@ -245,6 +251,25 @@ impl Drop for RcuGuard {
         // SAFETY: paired with the lock in `new`; the guard is !Send so this runs on the same CPU
         // context that locked.
         unsafe { ntm_shim_rcu_read_unlock() };
+    }
+}
+
+/// Bottom halves disabled on this CPU for the guard's lifetime: process-context sends take
+/// the same path as the transmit softirq (as WireGuard's sends under `read_lock_bh`).
+pub(crate) struct BhGuard(PhantomData<*mut ()>);
+
+impl BhGuard {
+    pub(crate) fn new() -> Self {
+        // SAFETY: local_bh_disable() may be called in process context; the guard's drop enables.
+        unsafe { ntm_shim_local_bh_disable() };
+        Self(PhantomData)
+    }
+}
+
+impl Drop for BhGuard {
+    fn drop(&mut self) {
+        // SAFETY: paired with `new`; the guard is !Send, so it is dropped on the same CPU.
+        unsafe { ntm_shim_local_bh_enable() };
     }
 }
 
@@ -603,6 +628,15 @@ impl core::ops::DerefMut for WritableSkb {
 }
 
 impl WritableSkb {
+    /// A new packet of `len` zero bytes with `headroom` free in front, in process context.
+    pub(crate) fn alloc(headroom: usize, len: usize) -> Option<Self> {
+        let headroom = c_uint::try_from(headroom).ok()?;
+        let len = c_uint::try_from(len).ok()?;
+        // SAFETY: the shim allocates with GFP_KERNEL (callers are netlink handlers, process
+        // context) and returns a linear, unshared skb that we own, or null.
+        unsafe { Skb::from_raw(ntm_shim_skb_alloc(headroom, len)) }.map(WritableSkb)
+    }
+
     pub(crate) fn data_mut(&mut self) -> &mut [u8] {
         let p = self.0 .0.as_ptr();
         // SAFETY: the skb is linear, unshared and uncloned (type invariant), so data..data+len
@@ -1227,6 +1261,11 @@ extern "C" fn ntm_rs_nl_tunnel_get(_skb: *mut sk_buff, info: *mut genl_info) -> 
 #[no_mangle]
 extern "C" fn ntm_rs_nl_tunnel_del(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
     doit(info, crate::netlink::tunnel_del)
+}
+
+#[no_mangle]
+extern "C" fn ntm_rs_nl_tunnel_keepalive(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
+    doit(info, crate::netlink::tunnel_keepalive)
 }
 
 #[no_mangle]

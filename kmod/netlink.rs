@@ -12,6 +12,7 @@ use kernel::sync::Arc;
 use crate::bindings::{self, Attr, DevRef, Dump, Info, Msg, NlWrite, SockRef, TunnelAttrs};
 use crate::crypto::Key;
 use crate::device::Device;
+use crate::send;
 use crate::socket::{self, Endpoint};
 use crate::table::{Tunnel, TunnelConfig, Vip};
 use crate::timers;
@@ -28,6 +29,7 @@ pub(crate) mod cmd {
     pub(crate) const TUNNEL_DESTROYED_NTF: u8 = 7;
     pub(crate) const TUNNEL_MISS_NTF: u8 = 8;
     pub(crate) const ENDPOINT_CHANGED_NTF: u8 = 9;
+    pub(crate) const TUNNEL_KEEPALIVE: u8 = 10;
 }
 
 /// Attributes of the `ntm` set.
@@ -488,6 +490,57 @@ pub(crate) fn tunnel_del(info: &Info<'_>) -> Result {
     })?;
     timers::tunnels_changed(&dev, &t);
     Ok(())
+}
+
+/// tunnel-keepalive: an empty authenticated packet on one tunnel (local-id), or on all of them.
+pub(crate) fn tunnel_keepalive(info: &Info<'_>) -> Result {
+    let dev = device(info)?;
+    let one = match info.attr(attr::TUNNEL) {
+        None => None,
+        Some(nest) => {
+            let tb = info.parse_tunnel(nest)?;
+            only(
+                info,
+                &tb,
+                &[tunnel::LOCAL_ID],
+                msg!("a tunnel is selected by local-id only"),
+            )?;
+            let id_attr = required(info, nest, &tb, tunnel::LOCAL_ID, msg!("missing local-id"))?;
+            Some((id_attr, id_attr.u32().ok_or(EINVAL)?))
+        }
+    };
+    let t = dev.table.lock();
+    if t.dev_ref().dead {
+        return Err(reject(info, msg!("device is going away"), None, ENODEV));
+    }
+    match one {
+        Some((id_attr, id)) => {
+            let tun = t.get(id).ok_or_else(|| {
+                reject(
+                    info,
+                    msg!("no tunnel with this local-id"),
+                    Some(id_attr),
+                    ENOENT,
+                )
+            })?;
+            send::keepalive(&dev, tun).map_err(|e| {
+                reject(
+                    info,
+                    msg!("keepalive not sent (no socket for the endpoint's family, or no route)"),
+                    Some(id_attr),
+                    e,
+                )
+            })
+        }
+        None => {
+            // Best effort: a tunnel whose endpoint cannot be reached now is counted by the device
+            // (tx carrier errors) and does not stop the others.
+            t.for_each(|tun| {
+                let _ = send::keepalive(&dev, tun);
+            });
+            Ok(())
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

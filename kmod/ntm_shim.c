@@ -47,6 +47,8 @@ struct ntm_priv {
 
 void ntm_shim_rcu_read_lock(void) { rcu_read_lock(); }
 void ntm_shim_rcu_read_unlock(void) { rcu_read_unlock(); }
+void ntm_shim_local_bh_disable(void) { local_bh_disable(); }
+void ntm_shim_local_bh_enable(void) { local_bh_enable(); }
 void ntm_shim_spin_lock_bh(struct spinlock *lock) { spin_lock_bh(lock); }
 void ntm_shim_spin_unlock_bh(struct spinlock *lock) { spin_unlock_bh(lock); }
 unsigned long ntm_shim_jiffies(void) { return jiffies; }
@@ -277,6 +279,17 @@ struct sk_buff *ntm_shim_skb_tx_prepare(struct sk_buff *skb, unsigned int headro
 drop:
 	kfree_skb(skb);
 	return NULL;
+}
+
+struct sk_buff *ntm_shim_skb_alloc(unsigned int headroom, unsigned int len)
+{
+	struct sk_buff *skb = alloc_skb(headroom + len, GFP_KERNEL);
+
+	if (unlikely(!skb))
+		return NULL;
+	skb_reserve(skb, headroom);
+	skb_put_zero(skb, len);
+	return skb;
 }
 
 /* The outer source of a received datagram: 4 or 6 (address in addr), or 0. */
@@ -524,6 +537,7 @@ static int ntm_nl_tunnel_new(struct sk_buff *skb, struct genl_info *info) { retu
 static int ntm_nl_tunnel_set(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_tunnel_set(skb, info); }
 static int ntm_nl_tunnel_get(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_tunnel_get(skb, info); }
 static int ntm_nl_tunnel_del(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_tunnel_del(skb, info); }
+static int ntm_nl_tunnel_keepalive(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_tunnel_keepalive(skb, info); }
 static int ntm_nl_tunnel_dump(struct sk_buff *skb, struct netlink_callback *cb) { return ntm_rs_nl_tunnel_dump(skb, cb); }
 
 #define NTM_DO(_cmd, _fn, _policy) {						\
@@ -545,6 +559,7 @@ static const struct genl_split_ops ntm_nl_ops[] = {
 		.flags = GENL_ADMIN_PERM | GENL_CMD_CAP_DUMP,
 	},
 	NTM_DO(NTM_CMD_TUNNEL_DEL, ntm_nl_tunnel_del, ntm_tunnel_op_nl_policy),
+	NTM_DO(NTM_CMD_TUNNEL_KEEPALIVE, ntm_nl_tunnel_keepalive, ntm_tunnel_op_nl_policy),
 };
 
 static const struct genl_multicast_group ntm_nl_mcgrps[] = {

@@ -85,6 +85,7 @@ enum {
 	NTM_CMD_TUNNEL_DESTROYED_NTF,
 	NTM_CMD_TUNNEL_MISS_NTF,
 	NTM_CMD_ENDPOINT_CHANGED_NTF,
+	NTM_CMD_TUNNEL_KEEPALIVE,
 
 	__NTM_CMD_MAX,
 	NTM_CMD_MAX = (__NTM_CMD_MAX - 1)
@@ -101,6 +102,8 @@ void ntm_shim_genl_unregister(void);
 /* locking, RCU, time */
 void ntm_shim_rcu_read_lock(void);
 void ntm_shim_rcu_read_unlock(void);
+void ntm_shim_local_bh_disable(void);
+void ntm_shim_local_bh_enable(void);
 void ntm_shim_spin_lock_bh(struct spinlock *lock);
 void ntm_shim_spin_unlock_bh(struct spinlock *lock);
 unsigned long ntm_shim_jiffies(void);
@@ -137,6 +140,8 @@ int ntm_shim_skb_linearize_writable(struct sk_buff *skb);
 struct sk_buff *ntm_shim_skb_tx_prepare(struct sk_buff *skb, unsigned int headroom,
 					unsigned int tailroom);
 int ntm_shim_skb_outer_source(const struct sk_buff *skb, u8 addr[16], u16 *port);
+/* a new linear skb of len zeroed bytes with headroom free in front (process context) */
+struct sk_buff *ntm_shim_skb_alloc(unsigned int headroom, unsigned int len);
 int ntm_shim_rx_deliver(struct net_device *dev, struct sk_buff *skb, bool ipv6);
 void ntm_shim_icmp_unreachable(struct sk_buff *skb);
 int ntm_shim_send4(struct net_device *dev, struct sock *sk, struct sk_buff *skb,
@@ -197,5 +202,6 @@ int ntm_rs_nl_tunnel_set(struct sk_buff *skb, struct genl_info *info);
 int ntm_rs_nl_tunnel_get(struct sk_buff *skb, struct genl_info *info);
 int ntm_rs_nl_tunnel_dump(struct sk_buff *skb, struct netlink_callback *cb);
 int ntm_rs_nl_tunnel_del(struct sk_buff *skb, struct genl_info *info);
+int ntm_rs_nl_tunnel_keepalive(struct sk_buff *skb, struct genl_info *info);
 
 #endif /* NTM_SHIM_H */

@@ -5,13 +5,14 @@
 //! tunnel is dropped and reported (tunnel-miss, at most once per VIP per second) so that the
 //! daemon builds the tunnel; the sender's retransmission then goes through.
 
-use crate::bindings::{self, RcuGuard, Skb, Stat, TAG_LEN};
+use crate::bindings::{self, BhGuard, RcuGuard, Skb, Stat, WritableSkb, TAG_LEN};
 use crate::crypto::DATA_HEADER;
 use crate::device::Device;
 use crate::netlink;
 use crate::socket;
-use crate::table::{TunnelStats, Vip};
+use crate::table::{Tunnel, TunnelStats, Vip};
 use crate::timers;
+use kernel::error::{code::ENOMEM, Result};
 
 /// Room in front of the inner packet: data header, UDP, outer IPv6, a link-layer header.
 const HEADROOM: usize = DATA_HEADER + 8 + 40 + 32;
@@ -123,4 +124,27 @@ pub(crate) fn xmit(dev: &Device, mut skb: Skb) {
     if socket::send(dev, &guard, skb, endpoint).is_err() {
         ndev.stat(Stat::TxCarrierErrors);
     }
+}
+
+/// Sends an empty sealed packet on `t` (netlink tunnel-keepalive, process context): the peer
+/// authenticates it and follows the new source address. Not data: the idle timer is left alone.
+pub(crate) fn keepalive(dev: &Device, t: &Tunnel) -> Result {
+    let ndev = dev.ndev;
+    let Some(counter) = t.next_counter() else {
+        ndev.stat(Stat::TxErrors);
+        return Err(bindings::err::ekeyexpired());
+    };
+    let Some(mut skb) = WritableSkb::alloc(HEADROOM, DATA_HEADER + TAG_LEN) else {
+        ndev.stat(Stat::TxDropped);
+        return Err(ENOMEM);
+    };
+    t.seal(skb.data_mut(), counter);
+    TunnelStats::add(&t.stats.tx_packets, 1);
+    let _bh = BhGuard::new();
+    let guard = RcuGuard::new();
+    let r = socket::send(dev, &guard, skb, t.endpoint());
+    if r.is_err() {
+        ndev.stat(Stat::TxCarrierErrors);
+    }
+    r
 }

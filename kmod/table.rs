@@ -604,23 +604,41 @@ impl TableGuard<'_> {
     /// Removes every tunnel for which `doomed` says so, calling `removed` on each.
     pub(crate) fn remove_if(
         &mut self,
+        doomed: impl FnMut(&Tunnel) -> bool,
+        removed: impl FnMut(&Tunnel),
+    ) {
+        self.remove_some(0, usize::MAX, doomed, removed);
+    }
+
+    /// Like `remove_if`, in id order from `start`, stopping after `limit` removals: returns the
+    /// id to resume from, or None once the whole tree was seen.
+    pub(crate) fn remove_some(
+        &mut self,
+        start: u32,
+        limit: usize,
         mut doomed: impl FnMut(&Tunnel) -> bool,
         mut removed: impl FnMut(&Tunnel),
-    ) {
+    ) -> Option<u32> {
         let table = self.table;
         let ctl: &mut Ctl = self.guard.as_mut().expect("locked");
-        let mut cursor = ctl.tree.cursor_front();
+        let mut n = 0;
+        let mut cursor = ctl.tree.cursor_lower_bound(&start);
         while let Some(c) = cursor {
+            if n == limit {
+                return Some(*c.current().0);
+            }
             if doomed(c.current().1) {
                 let (next, node) = c.remove_current();
                 let (_, t) = node.to_key_value();
                 Self::unlink(table, &t, &mut ctl.garbage);
                 removed(&t);
+                n += 1;
                 cursor = next;
             } else {
                 cursor = c.move_next();
             }
         }
+        None
     }
 
     /// Calls `f` on tunnels in id order from `start` until it returns false; returns the id

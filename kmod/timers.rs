@@ -38,34 +38,53 @@ pub(crate) fn timeout_changed(dev: &Device) {
 /// static key is on, so the sweep checks too (a closed socket is marked dead).
 const SOCKET_CHECK_MS: u32 = 2000;
 
+/// Tunnels destroyed per batch: between batches the sweep drops the table's mutex (and waits
+/// for a grace period to free them), so netlink requests are not held up by a mass expiry.
+const SWEEP_BATCH: usize = 512;
+
 /// The delayed work.
 pub(crate) fn sweep(dev: &Device) {
-    let mut t = dev.table.lock();
-    if t.dev_ref().dead {
-        return;
+    let mut released = None;
+    let mut start = 0;
+    loop {
+        let mut t = dev.table.lock();
+        if t.dev_ref().dead {
+            return;
+        }
+        if released.is_none() {
+            released = Some(socket::reap(dev, &mut t));
+        }
+        let ms = dev.idle_timeout_ms();
+        let mut next: Option<u64> = None;
+        if ms != 0 {
+            let timeout = bindings::msecs_to_jiffies(ms);
+            let now = bindings::jiffies();
+            let resume = t.remove_some(
+                start,
+                SWEEP_BATCH,
+                |tun| tun.idle(now) >= timeout,
+                |tun| crate::netlink::notify_destroyed(dev, tun, Reason::Idle, false),
+            );
+            if let Some(id) = resume {
+                // Dropping the guard frees the batch after a grace period (a scheduling point).
+                start = id;
+                drop(t);
+                continue;
+            }
+            t.for_each(|tun| {
+                let left = timeout.saturating_sub(tun.idle(now)).max(1);
+                next = Some(next.map_or(left, |n| n.min(left)));
+            });
+        }
+        if socket::any_attached(dev) {
+            let check = bindings::msecs_to_jiffies(SOCKET_CHECK_MS);
+            next = Some(next.map_or(check, |n| n.min(check)));
+        }
+        if let Some(delay) = next {
+            dev.ndev.sweep_arm(delay, true);
+        }
+        drop(t);
+        break;
     }
-    let released = socket::reap(dev, &mut t);
-    let ms = dev.idle_timeout_ms();
-    let mut next: Option<u64> = None;
-    if ms != 0 {
-        let timeout = bindings::msecs_to_jiffies(ms);
-        let now = bindings::jiffies();
-        t.remove_if(
-            |tun| tun.idle(now) >= timeout,
-            |tun| crate::netlink::notify_destroyed(dev, tun, Reason::Idle, false),
-        );
-        t.for_each(|tun| {
-            let left = timeout.saturating_sub(tun.idle(now)).max(1);
-            next = Some(next.map_or(left, |n| n.min(left)));
-        });
-    }
-    if socket::any_attached(dev) {
-        let check = bindings::msecs_to_jiffies(SOCKET_CHECK_MS);
-        next = Some(next.map_or(check, |n| n.min(check)));
-    }
-    if let Some(delay) = next {
-        dev.ndev.sweep_arm(delay, true);
-    }
-    drop(t);
     drop(released);
 }

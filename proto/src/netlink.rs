@@ -19,6 +19,7 @@ pub mod cmd {
     pub const TUNNEL_DESTROYED_NTF: u8 = 7;
     pub const TUNNEL_MISS_NTF: u8 = 8;
     pub const ENDPOINT_CHANGED_NTF: u8 = 9;
+    pub const TUNNEL_KEEPALIVE: u8 = 10;
 }
 
 /// Top-level attributes (set `ntm`).

@@ -12,6 +12,7 @@ Numbers follow kmod/spec/ntm.yaml. Subcommands:
   dev-get IFNAME         print the device's settings and counters (JSON)
   dump IFNAME            print the tunnels (JSON list)
   tunnel-new IFNAME JSON / tunnel-set IFNAME JSON / tunnel-del IFNAME ID
+  keepalive IFNAME [ID]  an empty authenticated packet on tunnel ID, or on every tunnel
   dev-set IFNAME [idle=MS] [fd4=-1] [fd6=-1]   (-1 gives a socket back)
   send HOST PORT HEX [COUNT]   send UDP datagrams (HEX payload) from an ephemeral port
   flood HOST PORT RECEIVER COUNT   malformed data packets at the port
@@ -50,7 +51,7 @@ NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS, NLMSGERR_ATTR_MISS_TYPE, NLMSGERR_ATTR_MI
 
 # kmod/spec/ntm.yaml
 CMD = dict(dev_set=1, dev_get=2, tunnel_new=3, tunnel_set=4, tunnel_get=5, tunnel_del=6,
-           tunnel_destroyed_ntf=7, tunnel_miss_ntf=8, endpoint_changed_ntf=9)
+           tunnel_destroyed_ntf=7, tunnel_miss_ntf=8, endpoint_changed_ntf=9, tunnel_keepalive=10)
 CMD_NAME = {v: k.replace('_', '-') for k, v in CMD.items()}
 A = dict(ifindex=1, sock_fd4=2, sock_fd6=3, idle_timeout_ms=4, tunnel=5, miss_vip4=6, miss_vip6=7,
          rx_orphans=8)
@@ -493,6 +494,15 @@ def cmd_fuzz(ifname):
     expect_error('tunnel-del with a vip',
                  lambda: tunnel_new(g, ifi, dict(local_id=0x12345, vip4='1.2.3.4'), cmd='tunnel_del'), errno.EINVAL,
                  'local-id only')
+    expect_error('tunnel-keepalive unknown local-id',
+                 lambda: tunnel_new(g, ifi, dict(local_id=0x12345), cmd='tunnel_keepalive'), errno.ENOENT,
+                 'no tunnel with this local-id')
+    expect_error('tunnel-keepalive with a vip',
+                 lambda: tunnel_new(g, ifi, dict(local_id=0x12345, vip4='1.2.3.4'), cmd='tunnel_keepalive'),
+                 errno.EINVAL, 'local-id only')
+    expect_error('tunnel-keepalive without local-id',
+                 lambda: tunnel_new(g, ifi, dict(vip4='1.2.3.4'), cmd='tunnel_keepalive'), errno.EINVAL,
+                 'missing local-id')
     expect_error('tunnel-get unknown local-id',
                  lambda: tunnel_new(g, ifi, dict(local_id=0x12345), cmd='tunnel_get'), errno.ENOENT)
     expect_error('tunnel-set with a key',
@@ -577,6 +587,12 @@ def main():
         tunnel_new(Genl().resolve(), ifindex(args[0]), json.loads(args[1]), cmd=cmd.replace('-', '_'))
     elif cmd == 'tunnel-del':
         tunnel_new(Genl().resolve(), ifindex(args[0]), dict(local_id=int(args[1], 0)), cmd='tunnel_del')
+    elif cmd == 'keepalive':
+        g, ifa = Genl().resolve(), u32(A['ifindex'], ifindex(args[0]))
+        if len(args) > 1:
+            g.request(CMD['tunnel_keepalive'], ifa + nest(A['tunnel'], *tunnel_attrs(dict(local_id=int(args[1], 0)))))
+        else:
+            g.request(CMD['tunnel_keepalive'], ifa)
     elif cmd == 'send':
         cmd_send(*args)
     elif cmd == 'flood':

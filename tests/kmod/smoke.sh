@@ -226,6 +226,28 @@ tunnel_of a 0x1111 | q '.endpoint_ip4 == "10.9.0.3"' || die "dump after roaming"
 ina ping -c 2 -W 3 100.64.0.2 >/dev/null || die "ping to b's new address"
 ok "b moved to 10.9.0.3: endpoint-changed-ntf at a, a follows"
 
+say "keepalives after a move (tunnel-keepalive)"
+# b moves again and sends no data: its keepalive alone (every tunnel, then one by local-id) must
+# move a's endpoint, without counting as data for a's idle timer.
+ip -n b addr add 10.9.0.4/24 dev vb
+ip -n b addr del 10.9.0.3/24 dev vb
+RX0=$(tunnel_of a 0x1111 | jq .rx_packets)
+inb "${NL[@]}" keepalive ntm0
+wait_for 10 "endpoint-changed at a (keepalive to every tunnel)" event "$W/a.events" \
+	'.cmd == "endpoint-changed-ntf" and .tunnel.endpoint_ip4 == "10.9.0.4" and .tunnel.local_id == 4369'
+T=$(tunnel_of a 0x1111)
+echo "$T" | q ".rx_packets >= $RX0 + 1 and .endpoint_ip4 == \"10.9.0.4\"" || die "a after b's keepalive: $T"
+ip -n b addr add 10.9.0.3/24 dev vb
+ip -n b addr del 10.9.0.4/24 dev vb
+BACK='.cmd == "endpoint-changed-ntf" and .tunnel.endpoint_ip4 == "10.9.0.3" and .tunnel.local_id == 4369'
+N=$(count_events "$W/a.events" "$BACK")
+moved_back() { (($(count_events "$W/a.events" "$BACK") > N)); }
+inb "${NL[@]}" keepalive ntm0 0x2222
+wait_for 10 "endpoint-changed at a (keepalive by local-id)" moved_back
+tunnel_of a 0x1111 | q '.endpoint_ip4 == "10.9.0.3"' || die "dump after the second keepalive"
+ina ping -c 2 -W 3 100.64.0.2 >/dev/null || die "ping after the keepalives"
+ok "keepalives alone (all tunnels; one local-id) moved a's endpoint to 10.9.0.4 and back; rx-packets +1, no data"
+
 say "IPv6 outer"
 ina "${NL[@]}" tunnel-set ntm0 '{"local_id": 4369, "endpoint": "[fd00:9::2]:7600"}'
 inb "${NL[@]}" tunnel-set ntm0 '{"local_id": 8738, "endpoint": "[fd00:9::1]:7600"}'

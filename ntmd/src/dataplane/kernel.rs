@@ -167,9 +167,17 @@ impl Dataplane for Kernel {
     }
 
     fn send_keepalives(&self) {
-        // The module holds the keys; it has no keepalive command yet. Peers learn the node's
-        // new address from its next data packet.
-        debug!("keepalives after a move are not sent on the kernel data plane");
+        // The module holds the keys and the send counters: it seals and sends an empty packet on
+        // every tunnel, and peers follow its authenticated source address.
+        let tunnels = self.installed.lock().expect("installed lock").len();
+        if tunnels == 0 {
+            return;
+        }
+        let r = self.request(NtmMsg::new(cmd::TUNNEL_KEEPALIVE, vec![NtmAttr::Ifindex(self.link.index)]), false);
+        match r {
+            Ok(_) => info!(tunnels, "keepalives sent (by the module)"),
+            Err(e) => warn!("keepalives after a move: {e:#}"),
+        }
     }
 }
 

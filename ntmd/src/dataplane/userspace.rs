@@ -13,7 +13,7 @@ use proto::tunnel::{EncapError, Reason, TunnelTable};
 use proto::wire;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{Dataplane, DpEvent, TunnelInfo};
 use crate::sockets::Sockets;
@@ -133,10 +133,14 @@ impl Dataplane for Userspace {
 
     fn send_keepalives(&self) {
         let packets = self.shared.table.lock().expect("table lock").keepalives();
+        let tunnels = packets.len();
         for (endpoint, p) in packets {
             if let Err(e) = self.sockets.try_send_to(&p, endpoint) {
                 debug!(%endpoint, "keepalive not sent: {e}");
             }
+        }
+        if tunnels > 0 {
+            info!(tunnels, "keepalives sent");
         }
     }
 
