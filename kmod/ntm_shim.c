@@ -34,6 +34,9 @@
 #define NTM_DATA_HEADER 16
 #define NTM_TAG_LEN 16
 #define NTM_OVERHEAD (sizeof(struct ipv6hdr) + sizeof(struct udphdr) + NTM_DATA_HEADER + NTM_TAG_LEN)
+/* Segmentation and checksums are done in software, per segment, before sealing (xmit). */
+#define NTM_FEATURES (NETIF_F_HW_CSUM | NETIF_F_RXCSUM | NETIF_F_SG | NETIF_F_FRAGLIST | \
+		      NETIF_F_GSO_SOFTWARE | NETIF_F_HIGHDMA)
 #define NTM_HEADROOM (NTM_DATA_HEADER + sizeof(struct udphdr) + sizeof(struct ipv6hdr) + LL_MAX_HEADER)
 
 struct ntm_priv {
@@ -146,9 +149,31 @@ static void ntm_sweep_work(struct work_struct *work)
 static int ntm_open(struct net_device *dev) { return ntm_rs_dev_open(dev); }
 static int ntm_stop(struct net_device *dev) { return ntm_rs_dev_stop(dev); }
 
+/*
+ * The stack hands the device GSO super-packets (NETIF_F_GSO_SOFTWARE): they are cut here into
+ * MTU-sized segments, each sealed on its own by ntm_rs_xmit, which always consumes its skb.
+ * Checksums left partial (NETIF_F_HW_CSUM) are completed per segment before sealing.
+ */
 static netdev_tx_t ntm_xmit(struct sk_buff *skb, struct net_device *dev)
 {
-	ntm_rs_xmit(skb, dev); /* always consumes the skb */
+	struct sk_buff *segs, *next;
+
+	if (!skb_is_gso(skb)) {
+		skb_mark_not_on_list(skb);
+		ntm_rs_xmit(skb, dev);
+		return NETDEV_TX_OK;
+	}
+	segs = skb_gso_segment(skb, 0);
+	if (IS_ERR_OR_NULL(segs)) {
+		DEV_STATS_INC(dev, tx_errors);
+		kfree_skb(skb);
+		return NETDEV_TX_OK;
+	}
+	consume_skb(skb);
+	skb_list_walk_safe(segs, skb, next) {
+		skb_mark_not_on_list(skb);
+		ntm_rs_xmit(skb, dev);
+	}
 	return NETDEV_TX_OK;
 }
 
@@ -188,6 +213,9 @@ static void ntm_setup(struct net_device *dev)
 	dev->flags = IFF_POINTOPOINT | IFF_NOARP;
 	dev->priv_flags |= IFF_NO_QUEUE;
 	dev->lltx = true;
+	dev->features |= NTM_FEATURES;
+	dev->hw_features |= NTM_FEATURES;
+	dev->hw_enc_features |= NTM_FEATURES;
 	dev->mtu = ETH_DATA_LEN - NTM_OVERHEAD;
 	dev->min_mtu = IPV4_MIN_MTU;
 	dev->max_mtu = IP_MAX_MTU - NTM_OVERHEAD;
@@ -265,6 +293,8 @@ struct sk_buff *ntm_shim_skb_tx_prepare(struct sk_buff *skb, unsigned int headro
 	if (unlikely(!skb))
 		return NULL;
 	if (unlikely(skb_linearize(skb)))
+		goto drop;
+	if (skb->ip_summed == CHECKSUM_PARTIAL && unlikely(skb_checksum_help(skb)))
 		goto drop;
 	nhead = max_t(int, 0, (int)headroom - (int)skb_headroom(skb));
 	ntail = max_t(int, 0, (int)tailroom - (int)skb_tailroom(skb));

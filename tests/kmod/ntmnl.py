@@ -13,6 +13,8 @@ Numbers follow kmod/spec/ntm.yaml. Subcommands:
   dump IFNAME            print the tunnels (JSON list)
   tunnel-new IFNAME JSON / tunnel-set IFNAME JSON / tunnel-del IFNAME ID
   keepalive IFNAME [ID]  an empty authenticated packet on tunnel ID, or on every tunnel
+  tcp-sink ADDR PORT READY   accept one TCP connection, print the md5 and length of what came
+  tcp-send ADDR PORT BYTES   send BYTES of a fixed pattern over TCP, print its md5 and length
   dev-set IFNAME [idle=MS] [fd4=-1] [fd6=-1]   (-1 gives a socket back)
   send HOST PORT HEX [COUNT]   send UDP datagrams (HEX payload) from an ephemeral port
   flood HOST PORT RECEIVER COUNT   malformed data packets at the port
@@ -407,6 +409,45 @@ def cmd_replay(ifname_out, host, port, vip):
     fail('no data packet captured')
 
 
+def pattern(n):
+    b = bytes(i % 251 for i in range(251)) * 64
+    out = bytearray()
+    while len(out) < n:
+        out += b
+    return bytes(out[:n])
+
+
+def cmd_tcp_sink(addr, port, ready):
+    import hashlib
+    fam = socket.AF_INET6 if ':' in addr else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, int(port)))
+    s.listen(1)
+    open(ready, 'w').write('1')
+    c, _ = s.accept()
+    h, n = hashlib.md5(), 0
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        h.update(d)
+        n += len(d)
+    print(h.hexdigest(), n, flush=True)
+
+
+def cmd_tcp_send(addr, port, nbytes):
+    import hashlib
+    data = pattern(int(nbytes))
+    fam = socket.AF_INET6 if ':' in addr else socket.AF_INET
+    s = socket.create_connection((addr, int(port)), timeout=120) if fam == socket.AF_INET else \
+        socket.create_connection((addr, int(port), 0, 0), timeout=120)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+    print(hashlib.md5(data).hexdigest(), len(data), flush=True)
+
+
 def expect_error(what, fn, want_errno, want_msg=None):
     try:
         fn()
@@ -593,6 +634,10 @@ def main():
             g.request(CMD['tunnel_keepalive'], ifa + nest(A['tunnel'], *tunnel_attrs(dict(local_id=int(args[1], 0)))))
         else:
             g.request(CMD['tunnel_keepalive'], ifa)
+    elif cmd == 'tcp-sink':
+        cmd_tcp_sink(*args)
+    elif cmd == 'tcp-send':
+        cmd_tcp_send(*args)
     elif cmd == 'send':
         cmd_send(*args)
     elif cmd == 'flood':

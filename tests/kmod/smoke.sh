@@ -166,6 +166,18 @@ echo "$T" | q '.label == "b.test" and .endpoint_ip4 == "10.9.0.2" and .endpoint_
 echo "$T" | q '.idle_ms < 60000 and (has("send_key") | not) and (has("recv_key") | not)' || die "idle-ms or keys in dump"
 ok "dump: counters, label, endpoint, idle-ms; no keys"
 
+say "bulk TCP (GSO super-packets segmented by the device, checksums completed per segment)"
+for dst in 100.64.0.2 fd7a::2; do
+	rm -f "$W/sink.ready"
+	inb "${NL[@]}" tcp-sink "$dst" 5001 "$W/sink.ready" >"$W/sink.out" 2>&1 &
+	SINK=$!
+	wait_for 20 "TCP sink on $dst" test -e "$W/sink.ready"
+	ina timeout 300 "${NL[@]}" tcp-send "$dst" 5001 3000000 >"$W/send.out" 2>&1 || die "tcp-send to $dst: $(cat "$W/send.out")"
+	wait "$SINK" || die "tcp-sink on $dst: $(cat "$W/sink.out")"
+	[[ $(cat "$W/sink.out") = "$(cat "$W/send.out")" ]] || die "TCP to $dst: sent $(cat "$W/send.out"), received $(cat "$W/sink.out")"
+	ok "3 MB over TCP to $dst intact (md5 $(cut -d' ' -f1 "$W/send.out"))"
+done
+
 say "signaling falls through to the daemon's socket"
 inb "${NL[@]}" send 10.9.0.1 7600 01deadbeef
 inb "${NL[@]}" send fd00:9::1 7600 02cafe
