@@ -6,8 +6,8 @@
 //! vmalloc from /proc/meminfo, per tunnel), and times sends through the device to VIPs spread
 //! over the table (each send is a route lookup, a table lookup by VIP, a seal and a UDP send to
 //! a discard port on loopback), against the same with a one-tunnel table. Finally it sets a
-//! short idle timeout and times the sweep that destroys them all (the dump that follows waits
-//! for the sweep's lock). Prints one `SCALE key value` line per figure.
+//! short idle timeout and times the sweep that destroys them all, with the longest wait of a
+//! netlink request made meanwhile. Prints one `SCALE key value` line per figure.
 
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use ntmd::dataplane::genl::{NtmAttr, NtmMsg, TunnelAttr};
-use ntmd::dataplane::nlsock::GenlSocket;
+use ntmd::dataplane::nlsock::{GenlSocket, NlError};
 use ntmd::link::Link;
 use proto::netlink::cmd;
 
@@ -128,17 +128,38 @@ fn run(a: &Args, nl: &mut GenlSocket, link: &Link) -> anyhow::Result<()> {
         bail!("dump returned {dumped} tunnels, want {}", a.tunnels);
     }
 
-    // Every tunnel is idle by now: a 1 ms timeout makes the next sweep destroy them all.
+    // Every tunnel is idle by now: a 1 ms timeout makes the next sweep destroy them all, in id
+    // order and in batches. Meanwhile a tunnel-get of the last tunnel every 10 ms measures how
+    // long a netlink request waits for the table (the sweep lets requests in between batches);
+    // it fails with ENOENT once the sweep reached the end.
+    let last = vec![TunnelAttr::LocalId(a.tunnels)];
     let t0 = Instant::now();
     dev_set(nl, vec![NtmAttr::IdleTimeoutMs(1)])?;
-    let mut left = usize::MAX;
-    while left != 0 {
-        left = nl.request(NtmMsg::new(cmd::TUNNEL_GET, vec![NtmAttr::Ifindex(link.index)]), true)?.len();
-        if t0.elapsed() > Duration::from_secs(600) {
-            bail!("{left} tunnels left 600 s after the timeout was set");
+    let mut worst = Duration::ZERO;
+    let mut polls = 0u32;
+    loop {
+        let q0 = Instant::now();
+        let r = nl.request(
+            NtmMsg::new(cmd::TUNNEL_GET, vec![NtmAttr::Ifindex(link.index), NtmAttr::Tunnel(last.clone())]),
+            false,
+        );
+        worst = worst.max(q0.elapsed());
+        polls += 1;
+        match r {
+            Ok(_) => {}
+            Err(NlError::Kernel { code, .. }) if code == ENOENT => break,
+            Err(e) => return Err(e).context("tunnel-get during the sweep"),
         }
+        if t0.elapsed() > Duration::from_secs(900) {
+            bail!("the last tunnel is still there 900 s after the timeout was set");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     let sweep_s = t0.elapsed().as_secs_f64();
+    let left = nl.request(NtmMsg::new(cmd::TUNNEL_GET, vec![NtmAttr::Ifindex(link.index)]), true)?.len();
+    if left != 0 {
+        bail!("{left} tunnels left after the sweep");
+    }
 
     let n = a.tunnels;
     println!("SCALE tunnels {n}");
@@ -150,5 +171,10 @@ fn run(a: &Args, nl: &mut GenlSocket, link: &Link) -> anyhow::Result<()> {
     println!("SCALE dump_s {dump_s:.3}");
     println!("SCALE sweep_destroy_all_s {sweep_s:.3}");
     println!("SCALE sweep_us_per_tunnel {:.2}", sweep_s * 1e6 / n as f64);
+    println!("SCALE netlink_wait_during_sweep_max_ms {:.1}", worst.as_secs_f64() * 1e3);
+    println!("SCALE netlink_requests_during_sweep {polls}");
     Ok(())
 }
+
+/// ENOENT (Linux, every architecture), as `NlError::Kernel` reports it.
+const ENOENT: i32 = 2;
