@@ -19,6 +19,7 @@ use kernel::prelude::*;
 use kernel::str::CStr;
 
 use crate::device::Device;
+use crate::socket::Endpoint;
 
 /// The C structs, never looked into from Rust.
 #[allow(non_camel_case_types)]
@@ -33,7 +34,9 @@ mod raw {
         net,
         nlattr,
         genl_info,
-        netlink_callback
+        netlink_callback,
+        dst_cache,
+        dst_entry
     );
 }
 use raw::*;
@@ -89,20 +92,34 @@ extern "C" {
     fn ntm_shim_skb_outer_source(skb: *const sk_buff, addr: *mut u8, port: *mut u16) -> c_int;
     fn ntm_shim_skb_alloc(headroom: c_uint, len: c_uint) -> *mut sk_buff;
     fn ntm_shim_rx_deliver(dev: *mut net_device, skb: *mut sk_buff, ipv6: bool) -> c_int;
-    fn ntm_shim_send4(
+
+    // routes, cached per tunnel
+    fn ntm_shim_dst_cache_new() -> *mut dst_cache;
+    fn ntm_shim_dst_cache_free(c: *mut dst_cache);
+    fn ntm_shim_dst_cache_reset(c: *mut dst_cache);
+    fn ntm_shim_route(
+        dev: *mut net_device,
+        sk: *mut sock,
+        c: *mut dst_cache,
+        family: c_int,
+        daddr: *const u8,
+        dport: u16,
+        saddr: *mut u8,
+        dst: *mut *mut dst_entry,
+        fresh: *mut bool,
+    ) -> c_int;
+    fn ntm_shim_route_keep(c: *mut dst_cache, family: c_int, dst: *mut dst_entry, saddr: *const u8);
+    fn ntm_shim_route_put(dst: *mut dst_entry);
+    fn ntm_shim_route_xmit(
         dev: *mut net_device,
         sk: *mut sock,
         skb: *mut sk_buff,
+        family: c_int,
+        dst: *mut dst_entry,
+        saddr: *const u8,
         daddr: *const u8,
         dport: u16,
-    ) -> c_int;
-    fn ntm_shim_send6(
-        dev: *mut net_device,
-        sk: *mut sock,
-        skb: *mut sk_buff,
-        daddr: *const u8,
-        dport: u16,
-    ) -> c_int;
+    );
 
     // UDP sockets handed over by userspace
     fn ntm_shim_sock_attach(
@@ -800,33 +817,120 @@ impl Drop for SockSlot {
     }
 }
 
-impl SockHandle<'_> {
-    /// Sends a sealed packet to an IPv4 endpoint through this socket's port (consumes the skb).
-    pub(crate) fn send4(self, dev: NetDev, skb: WritableSkb, addr: &[u8; 4], port: u16) -> Result {
-        // SAFETY: the socket is valid under the guard, `dev` is live, the skb's ownership passes.
+impl<'g> SockHandle<'g> {
+    /// The route from this socket to `ep`: from `cache`, or looked up (then `Route::fresh`).
+    /// Callers have bottom halves disabled (the transmit path; `BhGuard` elsewhere): the cache
+    /// is per CPU.
+    pub(crate) fn route(self, dev: NetDev, cache: &DstCache, ep: &Endpoint) -> Result<Route<'g>> {
+        let (family, daddr, port) = ep.raw();
+        let mut r = Route {
+            dst: ptr::null_mut(),
+            family,
+            saddr: [0; 16],
+            daddr,
+            port,
+            fresh: false,
+            _g: PhantomData,
+        };
+        // SAFETY: the socket is valid under the guard, `dev` is live, the cache is owned by a
+        // tunnel the caller holds; the out-pointers are valid for the call.
         errno(unsafe {
-            ntm_shim_send4(
+            ntm_shim_route(
                 dev.raw(),
                 self.0.as_ptr(),
-                skb.0.into_raw(),
-                addr.as_ptr(),
+                cache.0.as_ptr(),
+                family,
+                r.daddr.as_ptr(),
                 port,
+                r.saddr.as_mut_ptr(),
+                &mut r.dst,
+                &mut r.fresh,
             )
-        })
+        })?;
+        Ok(r)
     }
 
-    /// Likewise to an IPv6 endpoint.
-    pub(crate) fn send6(self, dev: NetDev, skb: WritableSkb, addr: &[u8; 16], port: u16) -> Result {
-        // SAFETY: as in `send4`.
-        errno(unsafe {
-            ntm_shim_send6(
+    /// Sends a sealed packet along `route` (both consumed).
+    pub(crate) fn xmit(self, dev: NetDev, skb: WritableSkb, route: Route<'g>) {
+        let route = core::mem::ManuallyDrop::new(route);
+        // SAFETY: the socket is valid under the guard and `dev` is live; the skb and the route's
+        // reference pass to the shim (the route is not dropped here).
+        unsafe {
+            ntm_shim_route_xmit(
                 dev.raw(),
                 self.0.as_ptr(),
                 skb.0.into_raw(),
-                addr.as_ptr(),
-                port,
+                route.family,
+                route.dst,
+                route.saddr.as_ptr(),
+                route.daddr.as_ptr(),
+                route.port,
             )
-        })
+        }
+    }
+}
+
+/// A tunnel's cache of routes to its endpoint (per CPU), reset when the endpoint changes.
+pub(crate) struct DstCache(NonNull<dst_cache>);
+
+// SAFETY: the cache is per CPU inside; resetting is a single store of a timestamp.
+unsafe impl Send for DstCache {}
+// SAFETY: as above.
+unsafe impl Sync for DstCache {}
+
+impl DstCache {
+    pub(crate) fn new() -> Result<Self> {
+        // SAFETY: process context (tunnel-new); null on failure.
+        NonNull::new(unsafe { ntm_shim_dst_cache_new() })
+            .map(Self)
+            .ok_or(ENOMEM)
+    }
+
+    /// Forgets every cached route (lazily: entries older than now are not used again).
+    pub(crate) fn reset(&self) {
+        // SAFETY: we own a valid cache; dst_cache_reset only stores a timestamp.
+        unsafe { ntm_shim_dst_cache_reset(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for DstCache {
+    fn drop(&mut self) {
+        // SAFETY: we own the cache; its tunnel is gone, so no CPU uses it any more (tunnels are
+        // freed after a grace period, in process context).
+        unsafe { ntm_shim_dst_cache_free(self.0.as_ptr()) }
+    }
+}
+
+/// A route with a reference held, valid under the RCU guard of the socket it came from.
+pub(crate) struct Route<'g> {
+    dst: *mut dst_entry,
+    family: c_int,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    port: u16,
+    fresh: bool,
+    _g: PhantomData<&'g RcuGuard>,
+}
+
+impl Route<'_> {
+    /// Looked up now rather than found in the cache.
+    pub(crate) fn fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Keeps the route in `cache` (which takes its own reference).
+    pub(crate) fn keep(&self, cache: &DstCache) {
+        // SAFETY: the route holds a reference to a valid dst; the cache is valid.
+        unsafe { ntm_shim_route_keep(cache.0.as_ptr(), self.family, self.dst, self.saddr.as_ptr()) }
+    }
+}
+
+impl Drop for Route<'_> {
+    fn drop(&mut self) {
+        if !self.dst.is_null() {
+            // SAFETY: an unsent route still holds its reference.
+            unsafe { ntm_shim_route_put(self.dst) }
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use kernel::prelude::*;
 use kernel::str::CStr;
 use kernel::sync::Arc;
 
-use crate::bindings::{self, Attr, DevRef, Dump, Info, Msg, NlWrite, SockRef, TunnelAttrs};
+use crate::bindings::{
+    self, Attr, DevRef, DstCache, Dump, Info, Msg, NlWrite, SockRef, TunnelAttrs,
+};
 use crate::crypto::Key;
 use crate::device::Device;
 use crate::send;
@@ -254,6 +256,10 @@ pub(crate) fn dev_set(info: &Info<'_>) -> Result {
             sweep = true;
         }
     }
+    if sweep {
+        // Routes were looked up for the sockets given back (their binding, mark, interface).
+        t.for_each(|tun| tun.forget_routes());
+    }
     if let Some(a) = timeout {
         dev.idle_timeout_ms.store(
             a.u32().ok_or(EINVAL)?,
@@ -343,6 +349,7 @@ pub(crate) fn tunnel_new(info: &Info<'_>) -> Result {
         send_key,
         recv_key,
         label,
+        routes: DstCache::new()?,
     };
     let new = Arc::pin_init(Tunnel::new(cfg), GFP_KERNEL)?;
 

@@ -16,6 +16,7 @@
 #include <linux/skbuff.h>
 #include <linux/string.h>
 #include <linux/workqueue.h>
+#include <net/dst_cache.h>
 #include <net/genetlink.h>
 #include <net/gro_cells.h>
 #include <net/ip.h>
@@ -357,71 +358,134 @@ int ntm_shim_rx_deliver(struct net_device *dev, struct sk_buff *skb, bool ipv6)
 	return gro_cells_receive(&priv->gro, skb);
 }
 
-int ntm_shim_send4(struct net_device *dev, struct sock *sk, struct sk_buff *skb,
-		   const u8 daddr[4], u16 dport)
-{
-	struct flowi4 fl = {
-		.saddr = inet_sk(sk)->inet_saddr,
-		.fl4_sport = inet_sk(sk)->inet_sport,
-		.fl4_dport = htons(dport),
-		.flowi4_mark = READ_ONCE(sk->sk_mark),
-		.flowi4_oif = READ_ONCE(sk->sk_bound_dev_if),
-		.flowi4_proto = IPPROTO_UDP,
-	};
-	struct rtable *rt;
+/* ---- routes to endpoints, cached per tunnel (dst_cache, the WireGuard model) ---- */
 
-	memcpy(&fl.daddr, daddr, 4);
-	rt = ip_route_output_flow(sock_net(sk), &fl, sk);
-	if (IS_ERR(rt)) {
-		kfree_skb(skb);
-		return PTR_ERR(rt);
+struct dst_cache *ntm_shim_dst_cache_new(void)
+{
+	struct dst_cache *c = kzalloc(sizeof(*c), GFP_KERNEL);
+
+	if (!c)
+		return NULL;
+	if (dst_cache_init(c, GFP_KERNEL)) {
+		kfree(c);
+		return NULL;
 	}
-	if (unlikely(rt->dst.dev == dev)) {
-		ip_rt_put(rt);
-		kfree_skb(skb);
-		return -ELOOP;
-	}
-	skb->dev = dev; /* iptunnel_xmit() counts the device's tx stats */
-	skb->ignore_df = 1;
-	udp_tunnel_xmit_skb(rt, sk, skb, fl.saddr, fl.daddr, 0, ip4_dst_hoplimit(&rt->dst), 0,
-			    fl.fl4_sport, fl.fl4_dport, !net_eq(sock_net(sk), dev_net(dev)), false);
-	return 0;
+	return c;
 }
 
-int ntm_shim_send6(struct net_device *dev, struct sock *sk, struct sk_buff *skb,
-		   const u8 daddr[16], u16 dport)
+void ntm_shim_dst_cache_free(struct dst_cache *c)
 {
-#if IS_ENABLED(CONFIG_IPV6)
-	struct flowi6 fl = {
-		.saddr = sk->sk_v6_rcv_saddr,
-		.fl6_sport = inet_sk(sk)->inet_sport,
-		.fl6_dport = htons(dport),
-		.flowi6_mark = READ_ONCE(sk->sk_mark),
-		.flowi6_oif = READ_ONCE(sk->sk_bound_dev_if),
-		.flowi6_proto = IPPROTO_UDP,
-	};
-	struct dst_entry *dst;
+	dst_cache_destroy(c);
+	kfree(c);
+}
 
-	memcpy(&fl.daddr, daddr, 16);
-	dst = ipv6_stub->ipv6_dst_lookup_flow(sock_net(sk), sk, &fl, NULL);
-	if (IS_ERR(dst)) {
-		kfree_skb(skb);
-		return PTR_ERR(dst);
+void ntm_shim_dst_cache_reset(struct dst_cache *c) { dst_cache_reset(c); }
+
+int ntm_shim_route(struct net_device *dev, struct sock *sk, struct dst_cache *c, int family,
+		   const u8 daddr[16], u16 dport, u8 saddr[16], struct dst_entry **dst, bool *fresh)
+{
+	*fresh = false;
+	if (family == 4) {
+		struct flowi4 fl = {
+			.saddr = inet_sk(sk)->inet_saddr,
+			.fl4_sport = inet_sk(sk)->inet_sport,
+			.fl4_dport = htons(dport),
+			.flowi4_mark = READ_ONCE(sk->sk_mark),
+			.flowi4_oif = READ_ONCE(sk->sk_bound_dev_if),
+			.flowi4_proto = IPPROTO_UDP,
+		};
+		struct rtable *rt = dst_cache_get_ip4(c, &fl.saddr);
+
+		if (!rt) {
+			memcpy(&fl.daddr, daddr, 4);
+			rt = ip_route_output_flow(sock_net(sk), &fl, sk);
+			if (IS_ERR(rt))
+				return PTR_ERR(rt);
+			if (unlikely(rt->dst.dev == dev)) {
+				ip_rt_put(rt);
+				return -ELOOP;
+			}
+			*fresh = true;
+		}
+		memcpy(saddr, &fl.saddr, 4);
+		*dst = &rt->dst;
+		return 0;
 	}
-	if (unlikely(dst->dev == dev)) {
+#if IS_ENABLED(CONFIG_IPV6)
+	if (family == 6) {
+		struct flowi6 fl = {
+			.saddr = sk->sk_v6_rcv_saddr,
+			.fl6_sport = inet_sk(sk)->inet_sport,
+			.fl6_dport = htons(dport),
+			.flowi6_mark = READ_ONCE(sk->sk_mark),
+			.flowi6_oif = READ_ONCE(sk->sk_bound_dev_if),
+			.flowi6_proto = IPPROTO_UDP,
+		};
+		struct dst_entry *d = dst_cache_get_ip6(c, &fl.saddr);
+
+		if (!d) {
+			memcpy(&fl.daddr, daddr, 16);
+			d = ipv6_stub->ipv6_dst_lookup_flow(sock_net(sk), sk, &fl, NULL);
+			if (IS_ERR(d))
+				return PTR_ERR(d);
+			if (unlikely(d->dev == dev)) {
+				dst_release(d);
+				return -ELOOP;
+			}
+			*fresh = true;
+		}
+		memcpy(saddr, &fl.saddr, 16);
+		*dst = d;
+		return 0;
+	}
+#endif
+	return -EAFNOSUPPORT;
+}
+
+void ntm_shim_route_keep(struct dst_cache *c, int family, struct dst_entry *dst, const u8 saddr[16])
+{
+	if (family == 4) {
+		__be32 s;
+
+		memcpy(&s, saddr, 4);
+		dst_cache_set_ip4(c, dst, s);
+	} else {
+		struct in6_addr s;
+
+		memcpy(&s, saddr, 16);
+		dst_cache_set_ip6(c, dst, &s);
+	}
+}
+
+void ntm_shim_route_put(struct dst_entry *dst) { dst_release(dst); }
+
+void ntm_shim_route_xmit(struct net_device *dev, struct sock *sk, struct sk_buff *skb, int family,
+			 struct dst_entry *dst, const u8 saddr[16], const u8 daddr[16], u16 dport)
+{
+	bool xnet = !net_eq(sock_net(sk), dev_net(dev));
+
+	skb->dev = dev; /* the UDP tunnel core counts the device's tx stats */
+	skb->ignore_df = 1;
+	if (family == 4) {
+		__be32 s, d;
+
+		memcpy(&s, saddr, 4);
+		memcpy(&d, daddr, 4);
+		udp_tunnel_xmit_skb(dst_rtable(dst), sk, skb, s, d, 0, ip4_dst_hoplimit(dst), 0,
+				    inet_sk(sk)->inet_sport, htons(dport), xnet, false);
+	} else {
+#if IS_ENABLED(CONFIG_IPV6)
+		struct in6_addr s, d;
+
+		memcpy(&s, saddr, 16);
+		memcpy(&d, daddr, 16);
+		udp_tunnel6_xmit_skb(dst, sk, skb, dev, &s, &d, 0, ip6_dst_hoplimit(dst), 0,
+				     inet_sk(sk)->inet_sport, htons(dport), false);
+#else
 		dst_release(dst);
 		kfree_skb(skb);
-		return -ELOOP;
-	}
-	skb->dev = dev;
-	skb->ignore_df = 1;
-	udp_tunnel6_xmit_skb(dst, sk, skb, dev, &fl.saddr, &fl.daddr, 0, ip6_dst_hoplimit(dst), 0,
-			     fl.fl6_sport, fl.fl6_dport, false);
-	return 0;
-#else
-	kfree_skb(skb);
-	return -EAFNOSUPPORT;
 #endif
+	}
 }
 
 /* ---- UDP sockets handed over by userspace (the l2tp model) ---- */

@@ -22,6 +22,8 @@ struct nlattr;
 struct genl_info;
 struct netlink_callback;
 struct spinlock;
+struct dst_cache;
+struct dst_entry;
 
 /* ---- netlink numbers (kmod/spec/ntm.yaml) ---- */
 
@@ -144,10 +146,21 @@ int ntm_shim_skb_outer_source(const struct sk_buff *skb, u8 addr[16], u16 *port)
 struct sk_buff *ntm_shim_skb_alloc(unsigned int headroom, unsigned int len);
 int ntm_shim_rx_deliver(struct net_device *dev, struct sk_buff *skb, bool ipv6);
 void ntm_shim_icmp_unreachable(struct sk_buff *skb);
-int ntm_shim_send4(struct net_device *dev, struct sock *sk, struct sk_buff *skb,
-		   const u8 daddr[4], u16 dport);
-int ntm_shim_send6(struct net_device *dev, struct sock *sk, struct sk_buff *skb,
-		   const u8 daddr[16], u16 dport);
+/*
+ * Routes to endpoints, cached per tunnel. ntm_shim_route (bottom halves disabled): family 4 or
+ * 6, addresses in 16 bytes; on success *dst holds a reference (given to route_xmit, which
+ * consumes it and the skb, or dropped with route_put) and saddr the source; *fresh when it was
+ * looked up, not cached: the caller may then keep it (route_keep).
+ */
+struct dst_cache *ntm_shim_dst_cache_new(void);
+void ntm_shim_dst_cache_free(struct dst_cache *c);
+void ntm_shim_dst_cache_reset(struct dst_cache *c);
+int ntm_shim_route(struct net_device *dev, struct sock *sk, struct dst_cache *c, int family,
+		   const u8 daddr[16], u16 dport, u8 saddr[16], struct dst_entry **dst, bool *fresh);
+void ntm_shim_route_keep(struct dst_cache *c, int family, struct dst_entry *dst, const u8 saddr[16]);
+void ntm_shim_route_put(struct dst_entry *dst);
+void ntm_shim_route_xmit(struct net_device *dev, struct sock *sk, struct sk_buff *skb, int family,
+			 struct dst_entry *dst, const u8 saddr[16], const u8 daddr[16], u16 dport);
 
 /* UDP sockets handed over by userspace */
 struct sock *ntm_shim_sock_attach(struct net_device *dev, int fd, int family, const char **why,

@@ -109,7 +109,6 @@ pub(crate) fn xmit(dev: &Device, mut skb: Skb) {
         return;
     };
     let len = skb.len();
-    let endpoint = t.endpoint();
     let Some(mut skb) = skb.into_tx(HEADROOM, TAG_LEN) else {
         ndev.stat(Stat::TxDropped);
         return;
@@ -121,7 +120,7 @@ pub(crate) fn xmit(dev: &Device, mut skb: Skb) {
     TunnelStats::add(&t.stats.tx_bytes, len as u64);
     timers::data_sent(t);
     // On success the outer packet is counted in the device's tx stats by the UDP tunnel core.
-    if socket::send(dev, &guard, skb, endpoint).is_err() {
+    if socket::send(dev, &guard, skb, t).is_err() {
         ndev.stat(Stat::TxCarrierErrors);
     }
 }
@@ -142,7 +141,7 @@ pub(crate) fn keepalive(dev: &Device, t: &Tunnel) -> Result {
     TunnelStats::add(&t.stats.tx_packets, 1);
     let _bh = BhGuard::new();
     let guard = RcuGuard::new();
-    let r = socket::send(dev, &guard, skb, t.endpoint());
+    let r = socket::send(dev, &guard, skb, t);
     if r.is_err() {
         ndev.stat(Stat::TxCarrierErrors);
     }

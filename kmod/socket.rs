@@ -10,7 +10,7 @@ use kernel::prelude::*;
 use crate::bindings::{AttachError, ClosingSock, NetDev, RcuGuard, SockRef, WritableSkb};
 use crate::device::Device;
 use crate::netlink::Reason;
-use crate::table::TableGuard;
+use crate::table::{TableGuard, Tunnel};
 
 /// Where a tunnel's packets go: the peer's (or its relay's, or its NAT's) address and port.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,18 @@ impl Endpoint {
             }),
             6 => Some(Endpoint::V6 { addr: *addr, port }),
             _ => None,
+        }
+    }
+
+    /// For the shim: (family 4 or 6, address in 16 bytes, port).
+    pub(crate) fn raw(&self) -> (i32, [u8; 16], u16) {
+        match *self {
+            Endpoint::V4 { addr, port } => {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&addr);
+                (4, a, port)
+            }
+            Endpoint::V6 { addr, port } => (6, addr, port),
         }
     }
 
@@ -113,16 +125,20 @@ pub(crate) fn any_attached(dev: &Device) -> bool {
     dev.sock4.get(&guard).is_some() || dev.sock6.get(&guard).is_some()
 }
 
-/// Sends a sealed packet to `ep` from the device's socket of that family.
-pub(crate) fn send(dev: &Device, guard: &RcuGuard, skb: WritableSkb, ep: Endpoint) -> Result {
-    match ep {
-        Endpoint::V4 { addr, port } => match dev.sock4.get(guard) {
-            Some(s) => s.send4(dev.ndev, skb, &addr, port),
-            None => Err(crate::bindings::err::enetunreach()), // the skb is freed
-        },
-        Endpoint::V6 { addr, port } => match dev.sock6.get(guard) {
-            Some(s) => s.send6(dev.ndev, skb, &addr, port),
-            None => Err(crate::bindings::err::enetunreach()),
-        },
+/// Sends a sealed packet on `t` to its endpoint, from the device's socket of that family,
+/// along the tunnel's cached route (looked up and kept on a miss). Bottom halves are disabled
+/// (the transmit path, or the caller's `BhGuard`).
+pub(crate) fn send(dev: &Device, guard: &RcuGuard, skb: WritableSkb, t: &Tunnel) -> Result {
+    let ep = t.endpoint();
+    let slot = if ep.is_v6() { &dev.sock6 } else { &dev.sock4 };
+    // Without a socket or a route the skb is dropped (freed) here.
+    let sock = slot
+        .get(guard)
+        .ok_or_else(crate::bindings::err::enetunreach)?;
+    let route = sock.route(dev.ndev, t.routes(), &ep)?;
+    if route.fresh() {
+        t.keep_route(ep, &route);
     }
+    sock.xmit(dev.ndev, skb, route);
+    Ok(())
 }

@@ -16,7 +16,7 @@ use kernel::rbtree::{RBTree, RBTreeNode, RBTreeNodeReservation};
 use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{new_mutex, Arc, Mutex};
 
-use crate::bindings::{self, RcuGuard, SpinLockBh};
+use crate::bindings::{self, DstCache, RcuGuard, Route, SpinLockBh};
 use crate::crypto::{self, Header, Key};
 use crate::device::DevCtl;
 use crate::new_spinlock_bh;
@@ -40,6 +40,7 @@ pub(crate) struct TunnelConfig {
     pub(crate) send_key: Key,
     pub(crate) recv_key: Key,
     pub(crate) label: KVec<u8>,
+    pub(crate) routes: DstCache,
 }
 
 #[derive(Default)]
@@ -68,8 +69,11 @@ pub(crate) struct Tunnel {
     send_key: Key,
     recv_key: Key,
     send_counter: AtomicU64,
+    /// Changed (and `routes` reset) under its lock; routes are kept only under it too, for the
+    /// endpoint they were looked up for.
     #[pin]
     endpoint: SpinLockBh<Endpoint>,
+    routes: DstCache,
     #[pin]
     replay: SpinLockBh<ReplayWindow>,
     /// Jiffies of the last data packet either way (creation counts as activity).
@@ -89,6 +93,7 @@ impl Tunnel {
             recv_key: cfg.recv_key,
             send_counter: AtomicU64::new(0),
             endpoint <- new_spinlock_bh!(cfg.endpoint, "ntm_tunnel_endpoint"),
+            routes: cfg.routes,
             replay <- new_spinlock_bh!(ReplayWindow::new(), "ntm_tunnel_replay"),
             last_data: AtomicU64::new(bindings::jiffies()),
             stats: TunnelStats::default(),
@@ -99,12 +104,33 @@ impl Tunnel {
         *self.endpoint.lock()
     }
 
-    /// Sets the endpoint; true if it changed.
+    /// Sets the endpoint; true if it changed (the cached routes are then forgotten).
     pub(crate) fn set_endpoint(&self, ep: Endpoint) -> bool {
         let mut cur = self.endpoint.lock();
         let changed = *cur != ep;
-        *cur = ep;
+        if changed {
+            *cur = ep;
+            self.routes.reset();
+        }
         changed
+    }
+
+    pub(crate) fn routes(&self) -> &DstCache {
+        &self.routes
+    }
+
+    /// Caches a route looked up for `ep`, unless the endpoint changed meanwhile.
+    pub(crate) fn keep_route(&self, ep: Endpoint, route: &Route<'_>) {
+        let cur = self.endpoint.lock();
+        if *cur == ep {
+            route.keep(&self.routes);
+        }
+    }
+
+    /// Forgets the cached routes (the device's sockets changed).
+    pub(crate) fn forget_routes(&self) {
+        let _cur = self.endpoint.lock();
+        self.routes.reset();
     }
 
     /// The next send counter, or None once the counter space is used up (never reuse a nonce).
