@@ -439,9 +439,7 @@ def cmd_tcp_sink(addr, port, ready):
 def cmd_tcp_send(addr, port, nbytes):
     import hashlib
     data = pattern(int(nbytes))
-    fam = socket.AF_INET6 if ':' in addr else socket.AF_INET
-    s = socket.create_connection((addr, int(port)), timeout=120) if fam == socket.AF_INET else \
-        socket.create_connection((addr, int(port), 0, 0), timeout=120)
+    s = socket.create_connection((addr, int(port)), timeout=120)
     s.sendall(data)
     s.shutdown(socket.SHUT_WR)
     s.recv(1)
@@ -542,7 +540,7 @@ def cmd_fuzz(ifname):
                  lambda: tunnel_new(g, ifi, dict(local_id=0x12345, vip4='1.2.3.4'), cmd='tunnel_keepalive'),
                  errno.EINVAL, 'local-id only')
     expect_error('tunnel-keepalive without local-id',
-                 lambda: tunnel_new(g, ifi, dict(vip4='1.2.3.4'), cmd='tunnel_keepalive'), errno.EINVAL,
+                 lambda: tunnel_new(g, ifi, dict(), cmd='tunnel_keepalive'), errno.EINVAL,
                  'missing local-id')
     expect_error('tunnel-get unknown local-id',
                  lambda: tunnel_new(g, ifi, dict(local_id=0x12345), cmd='tunnel_get'), errno.ENOENT)

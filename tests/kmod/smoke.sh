@@ -169,8 +169,9 @@ ok "dump: counters, label, endpoint, idle-ms; no keys"
 say "bulk TCP (GSO super-packets segmented by the device, checksums completed per segment)"
 for dst in 100.64.0.2 fd7a::2; do
 	rm -f "$W/sink.ready"
-	inb "${NL[@]}" tcp-sink "$dst" 5001 "$W/sink.ready" >"$W/sink.out" 2>&1 &
+	ip netns exec b "${NL[@]}" tcp-sink "$dst" 5001 "$W/sink.ready" >"$W/sink.out" 2>&1 &
 	SINK=$!
+	PIDS+=("$SINK")
 	wait_for 20 "TCP sink on $dst" test -e "$W/sink.ready"
 	ina timeout 300 "${NL[@]}" tcp-send "$dst" 5001 3000000 >"$W/send.out" 2>&1 || die "tcp-send to $dst: $(cat "$W/send.out")"
 	wait "$SINK" || die "tcp-sink on $dst: $(cat "$W/sink.out")"
@@ -241,16 +242,17 @@ ok "b moved to 10.9.0.3: endpoint-changed-ntf at a, a follows"
 say "keepalives after a move (tunnel-keepalive)"
 # b moves again and sends no data: its keepalive alone (every tunnel, then one by local-id) must
 # move a's endpoint, without counting as data for a's idle timer.
-ip -n b addr add 10.9.0.4/24 dev vb
+# (Delete first: deleting the primary address of a subnet takes its secondaries with it.)
 ip -n b addr del 10.9.0.3/24 dev vb
+ip -n b addr add 10.9.0.4/24 dev vb
 RX0=$(tunnel_of a 0x1111 | jq .rx_packets)
 inb "${NL[@]}" keepalive ntm0
 wait_for 10 "endpoint-changed at a (keepalive to every tunnel)" event "$W/a.events" \
 	'.cmd == "endpoint-changed-ntf" and .tunnel.endpoint_ip4 == "10.9.0.4" and .tunnel.local_id == 4369'
 T=$(tunnel_of a 0x1111)
 echo "$T" | q ".rx_packets >= $RX0 + 1 and .endpoint_ip4 == \"10.9.0.4\"" || die "a after b's keepalive: $T"
-ip -n b addr add 10.9.0.3/24 dev vb
 ip -n b addr del 10.9.0.4/24 dev vb
+ip -n b addr add 10.9.0.3/24 dev vb
 BACK='.cmd == "endpoint-changed-ntf" and .tunnel.endpoint_ip4 == "10.9.0.3" and .tunnel.local_id == 4369'
 N=$(count_events "$W/a.events" "$BACK")
 moved_back() { (($(count_events "$W/a.events" "$BACK") > N)); }
