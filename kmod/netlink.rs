@@ -378,6 +378,23 @@ pub(crate) fn tunnel_new(info: &Info<'_>) -> Result {
     Ok(())
 }
 
+/// The tunnel `id` (from `id_attr`), or ENOENT with an extack naming the attribute.
+fn by_local_id<'t>(
+    info: &Info<'_>,
+    t: &'t crate::table::TableGuard<'_>,
+    id_attr: Attr<'_>,
+    id: u32,
+) -> Result<&'t Arc<Tunnel>> {
+    t.get(id).ok_or_else(|| {
+        reject(
+            info,
+            msg!("no tunnel with this local-id"),
+            Some(id_attr),
+            ENOENT,
+        )
+    })
+}
+
 /// tunnel-set: the peer moved.
 pub(crate) fn tunnel_set(info: &Info<'_>) -> Result {
     let dev = device(info)?;
@@ -400,14 +417,7 @@ pub(crate) fn tunnel_set(info: &Info<'_>) -> Result {
     if t.dev_ref().dead {
         return Err(reject(info, msg!("device is going away"), None, ENODEV));
     }
-    let tun = t.get(id).ok_or_else(|| {
-        reject(
-            info,
-            msg!("no tunnel with this local-id"),
-            Some(id_attr),
-            ENOENT,
-        )
-    })?;
+    let tun = by_local_id(info, &t, id_attr, id)?;
     tun.set_endpoint(ep);
     Ok(())
 }
@@ -425,14 +435,7 @@ pub(crate) fn tunnel_get(info: &Info<'_>) -> Result {
     let id_attr = required(info, nest, &tb, tunnel::LOCAL_ID, msg!("missing local-id"))?;
     let id = id_attr.u32().ok_or(EINVAL)?;
     let t = dev.table.lock();
-    let tun = t.get(id).ok_or_else(|| {
-        reject(
-            info,
-            msg!("no tunnel with this local-id"),
-            Some(id_attr),
-            ENOENT,
-        )
-    })?;
+    let tun = by_local_id(info, &t, id_attr, id)?;
     let mut m = Msg::reply(info, cmd::TUNNEL_GET)?;
     put_tunnel(
         &mut m,
@@ -522,14 +525,7 @@ pub(crate) fn tunnel_keepalive(info: &Info<'_>) -> Result {
     }
     match one {
         Some((id_attr, id)) => {
-            let tun = t.get(id).ok_or_else(|| {
-                reject(
-                    info,
-                    msg!("no tunnel with this local-id"),
-                    Some(id_attr),
-                    ENOENT,
-                )
-            })?;
+            let tun = by_local_id(info, &t, id_attr, id)?;
             send::keepalive(&dev, tun).map_err(|e| {
                 reject(
                     info,
