@@ -10,14 +10,18 @@ use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 use tokio::sync::mpsc;
 
+use crate::config::InterfaceFilter;
+
 /// Usable addresses: on interfaces that are up and running, not loopback, not link-local, not
-/// the node's own virtual device.
-pub fn local_addrs(port: u16, exclude_if: &str) -> Vec<SocketAddr> {
+/// the node's own virtual device (`own_if`), and chosen by the configuration's `interfaces` /
+/// `exclude_interfaces`.
+pub fn local_addrs(port: u16, own_if: &str, filter: &InterfaceFilter) -> Vec<SocketAddr> {
     let Ok(ifs) = getifaddrs() else { return Vec::new() };
     let mut set = BTreeSet::new();
     for ifa in ifs {
         let up = InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING;
-        if ifa.interface_name == exclude_if
+        if ifa.interface_name == own_if
+            || !filter.allows(&ifa.interface_name)
             || !ifa.flags.contains(up)
             || ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
         {
@@ -48,10 +52,10 @@ fn usable(ip: &IpAddr) -> bool {
 }
 
 /// Sends the address list now, then each time it changes.
-pub async fn watch(port: u16, exclude_if: String, tx: mpsc::Sender<Vec<SocketAddr>>) {
+pub async fn watch(port: u16, own_if: String, filter: InterfaceFilter, tx: mpsc::Sender<Vec<SocketAddr>>) {
     let mut last = None;
     loop {
-        let now = local_addrs(port, &exclude_if);
+        let now = local_addrs(port, &own_if, &filter);
         if last.as_ref() != Some(&now) {
             if tx.send(now.clone()).await.is_err() {
                 return;

@@ -40,6 +40,26 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub dns: DnsConfig,
     pub tun: TunConfig,
+    /// Which interfaces' addresses the node offers as its endpoints.
+    pub interfaces: InterfaceFilter,
+}
+
+/// `interfaces` and `exclude_interfaces`: names, or prefixes ending in `*` (`wg*`). An
+/// interface is used if `include` is empty or matches it, and `exclude` does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceFilter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl InterfaceFilter {
+    pub fn allows(&self, name: &str) -> bool {
+        let matches = |pattern: &String| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == pattern,
+        };
+        (self.include.is_empty() || self.include.iter().any(matches)) && !self.exclude.iter().any(matches)
+    }
 }
 
 /// Which data plane carries tunnel packets.
@@ -112,6 +132,8 @@ struct RawConfig {
     dns: RawDns,
     #[serde(default)]
     tun: RawTun,
+    interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    exclude_interfaces: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -194,7 +216,39 @@ impl Validator<'_> {
             metrics_listen: raw.metrics_listen,
             dns: self.dns(raw.dns)?,
             tun: self.tun(raw.tun)?,
+            interfaces: InterfaceFilter {
+                include: self.if_patterns("interfaces", raw.interfaces)?,
+                exclude: self.if_patterns("exclude_interfaces", raw.exclude_interfaces)?,
+            },
         })
+    }
+
+    fn if_patterns(&self, key: &str, list: Option<Spanned<Vec<Spanned<String>>>>) -> Result<Vec<String>, ConfigError> {
+        let Some(list) = list else { return Ok(Vec::new()) };
+        if list.get_ref().is_empty() {
+            return Err(self.err(
+                key,
+                Some(list.span()),
+                "must not be empty (leave the key out to use every interface)",
+            ));
+        }
+        list.into_inner()
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let span = p.span();
+                let name = p.into_inner();
+                let bare = name.strip_suffix('*').unwrap_or(&name);
+                let checked = if bare.is_empty() {
+                    Err(format!("{name:?} matches every interface"))
+                } else if bare.contains('*') {
+                    Err(format!("{name:?}: `*` is allowed only at the end (like \"wg*\")"))
+                } else {
+                    check_ifname(bare)
+                };
+                checked.map(|()| name).map_err(|m| self.err(&format!("{key}[{i}]"), Some(span), m))
+            })
+            .collect()
     }
 
     fn private_key(
@@ -456,6 +510,10 @@ mod tests {
             (minimal("[tun]\nmtu = 1000"), "test.toml:6: tun.mtu:"),
             (minimal("[tun]\nroutes = [\"100.64.0.1/10\"]"), "test.toml:6: tun.routes[0]:"),
             (minimal("[tun]\nname = \"a-very-long-interface\""), "test.toml:6: tun.name:"),
+            (minimal("interfaces = []"), "test.toml:5: interfaces: must not be empty"),
+            (minimal("exclude_interfaces = [\"wg*\", \"*\"]"), "test.toml:5: exclude_interfaces[1]: \"*\" matches"),
+            (minimal("exclude_interfaces = [\"w*g\"]"), "test.toml:5: exclude_interfaces[0]: \"w*g\": `*`"),
+            (minimal("interfaces = [\"eth/0\"]"), "test.toml:5: interfaces[0]:"),
             (minimal("").replace("upstream = [\"198.18.0.53\"]", "upstream = []"), "test.toml:7: dns.upstream:"),
             (
                 minimal("")
@@ -469,6 +527,23 @@ mod tests {
         }
         let e = parse(&minimal("dataplane = \"ebpf\"")).unwrap_err().to_string();
         assert!(e.contains("line 5") && e.contains("ebpf"), "{e}");
+    }
+
+    #[test]
+    fn interface_filter_includes_then_excludes() {
+        let c = parse(&minimal("")).unwrap();
+        assert_eq!(c.interfaces, InterfaceFilter::default());
+        assert!(c.interfaces.allows("eth0") && c.interfaces.allows("wg0"));
+
+        let c = parse(&minimal("exclude_interfaces = [\"wg*\", \"tailscale0\"]")).unwrap();
+        let f = &c.interfaces;
+        assert!(f.allows("eth0") && f.allows("wlan0") && f.allows("tailscale1"));
+        assert!(!f.allows("wg0") && !f.allows("wgbench") && !f.allows("tailscale0"));
+
+        let c = parse(&minimal("interfaces = [\"eth*\", \"wwan0\"]\nexclude_interfaces = [\"eth9\"]")).unwrap();
+        let f = &c.interfaces;
+        assert!(f.allows("eth0") && f.allows("eth1") && f.allows("wwan0"));
+        assert!(!f.allows("eth9") && !f.allows("wlan0") && !f.allows("wwan01"));
     }
 
     #[test]

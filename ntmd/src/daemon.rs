@@ -172,7 +172,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Own addresses.
     let (addr_tx, mut addr_rx) = mpsc::channel(4);
-    tokio::spawn(crate::addrs::watch(port, cfg.tun.name.clone(), addr_tx));
+    tokio::spawn(crate::addrs::watch(port, cfg.tun.name.clone(), cfg.interfaces.clone(), addr_tx));
 
     let core = NodeCore::new(NodeConfig {
         fqdn: cfg.fqdn.clone(),
@@ -497,6 +497,7 @@ impl Daemon {
             vip6: reg.and_then(|r| r.vip6).map(|v| v.to_string()),
             dc: reg.map(|r| r.dc.to_string()),
             nat_outer: reg.filter(|r| r.nat).map(|r| r.observed.to_string()),
+            addresses: self.core.local_addrs().iter().map(|a| a.to_string()).collect(),
             dataplane: self.dataplane.name().to_string(),
             signaling_drops: self.core.drops(),
             data_drops: self.dataplane.orphan_drops(),

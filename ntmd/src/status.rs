@@ -68,6 +68,10 @@ pub struct Status {
     pub dc: Option<String>,
     /// The NAT's outer address the DC saw, when the node is behind NAT.
     pub nat_outer: Option<String>,
+    /// The node's own addresses, as it offers them to its DC (its `interfaces` /
+    /// `exclude_interfaces` applied).
+    #[serde(default)]
+    pub addresses: Vec<String>,
     pub dataplane: String,
     /// Signaling datagrams the node dropped, by cause.
     #[serde(default)]

@@ -224,6 +224,11 @@ impl NodeCore {
         self.peers.get(&normalize(fqdn))
     }
 
+    /// The node's own addresses (with its port), as it reports them to its DC.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
     /// The node's own addresses (with its port) changed, or are known for the first time:
     /// register (again) at once.
     pub fn set_local_addrs(&mut self, addrs: Vec<SocketAddr>, now: Now) {

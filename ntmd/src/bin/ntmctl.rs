@@ -220,6 +220,9 @@ fn render_status(s: &Status) -> String {
         out += &format!("  nat {nat}");
     }
     out.push('\n');
+    if !s.addresses.is_empty() {
+        out += &format!("addresses {}\n", s.addresses.join(" "));
+    }
     let d = &s.signaling_drops;
     if d.total() > 0 || s.data_drops > 0 {
         out += &format!(
@@ -353,6 +356,7 @@ mod tests {
             vip6: None,
             dc: Some("198.18.30.2:7500".into()),
             nat_outer: None,
+            addresses: vec!["198.18.30.10:7600".into()],
             dataplane: "userspace".into(),
             signaling_drops: Default::default(),
             data_drops: 0,
@@ -395,6 +399,7 @@ mod tests {
         let out = render_status(&s);
         let want = "\
 node nps.proxy.ntm.test  registered  vip4 100.64.0.1  vip6 -  dataplane userspace  dc 198.18.30.2:7500
+addresses 198.18.30.10:7600
 
 peers: 2
 FQDN               VIP         STATE  PATH    ENDPOINT          IDLE
