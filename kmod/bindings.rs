@@ -12,7 +12,7 @@
 
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use kernel::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
 use kernel::prelude::*;
@@ -746,11 +746,10 @@ impl Drop for SockRef {
 }
 
 /// Where the data path finds a device's socket of one family: published for RCU readers.
-/// The slot owns the [`SockRef`] it publishes. `lost` says its owner closed it (encap_destroy
-/// saw it go): the sweep then gives it up.
+/// The slot owns the [`SockRef`] it publishes. A socket its owner closed is marked dead
+/// (SOCK_DEAD, set by udp_destroy_sock before it calls encap_destroy): the sweep gives it up.
 pub(crate) struct SockSlot {
     ptr: AtomicPtr<sock>,
-    lost: AtomicBool,
 }
 
 // SAFETY: the pointer is only published and read atomically; see `get` and `replace`.
@@ -770,7 +769,6 @@ impl SockSlot {
     pub(crate) const fn new() -> Self {
         Self {
             ptr: AtomicPtr::new(ptr::null_mut()),
-            lost: AtomicBool::new(false),
         }
     }
 
@@ -778,23 +776,18 @@ impl SockSlot {
         NonNull::new(self.ptr.load(Ordering::Acquire)).map(|p| SockHandle(p, PhantomData))
     }
 
-    /// Marks the slot's socket lost if it is `sk`; true if it was.
-    pub(crate) fn mark_lost(&self, sk: ClosingSock) -> bool {
-        let holds = !sk.0.is_null() && self.ptr.load(Ordering::Acquire) == sk.0;
-        if holds {
-            self.lost.store(true, Ordering::Release);
-        }
-        holds
+    /// Is `sk` the slot's socket? Only a hint to look soon: the slot may change right after.
+    pub(crate) fn holds(&self, sk: ClosingSock) -> bool {
+        !sk.0.is_null() && self.ptr.load(Ordering::Acquire) == sk.0
     }
 
-    /// Was the published socket closed by its owner (marked by encap_destroy, or already
-    /// orphaned)? Clears the mark.
-    pub(crate) fn take_lost(&self, _guard: &RcuGuard) -> bool {
-        let marked = self.lost.swap(false, Ordering::AcqRel);
+    /// Was the published socket closed by its owner? Asked of the socket itself (SOCK_DEAD),
+    /// never of a mark that a concurrent replacement could leave on the new socket.
+    pub(crate) fn closed(&self, _guard: &RcuGuard) -> bool {
         let p = self.ptr.load(Ordering::Acquire);
         // SAFETY: a socket read from the slot under RCU stays valid until the guard drops: a
         // replaced SockRef waits for a grace period before dropping its reference.
-        !p.is_null() && (marked || unsafe { ntm_shim_sock_dead(p) })
+        !p.is_null() && unsafe { ntm_shim_sock_dead(p) }
     }
 
     /// Publishes `new` and returns the previous socket, whose drop waits for readers. Callers
@@ -805,9 +798,7 @@ impl SockSlot {
             core::mem::forget(s);
             p
         });
-        let old = NonNull::new(self.ptr.swap(p, Ordering::AcqRel)).map(SockRef);
-        self.lost.store(false, Ordering::Release);
-        old
+        NonNull::new(self.ptr.swap(p, Ordering::AcqRel)).map(SockRef)
     }
 }
 
@@ -818,6 +809,11 @@ impl Drop for SockSlot {
 }
 
 impl<'g> SockHandle<'g> {
+    /// The same socket.
+    pub(crate) fn same(self, other: SockHandle<'_>) -> bool {
+        self.0 == other.0
+    }
+
     /// The route from this socket to `ep`: from `cache`, or looked up (then `Route::fresh`).
     /// Callers have bottom halves disabled (the transmit path; `BhGuard` elsewhere): the cache
     /// is per CPU.

@@ -25,6 +25,15 @@ impl Key {
     pub(crate) fn new(bytes: [u8; KEY_LEN]) -> Self {
         Self(bytes)
     }
+
+    /// The same key (compared in constant time).
+    pub(crate) fn same(&self, other: &Key) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |d, (a, b)| d | (a ^ b))
+            == 0
+    }
 }
 
 impl Drop for Key {

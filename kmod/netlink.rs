@@ -369,6 +369,19 @@ pub(crate) fn tunnel_new(info: &Info<'_>) -> Result {
             EEXIST,
         ));
     }
+    if [same4, same6]
+        .into_iter()
+        .flatten()
+        .filter_map(|id| t.get(id))
+        .any(|old| old.shares_keys(&new))
+    {
+        return Err(reject(
+            info,
+            msg!("the tunnel this one replaces has the same send-key or recv-key: a new tunnel needs new keys"),
+            tb.get(tunnel::SEND_KEY),
+            EEXIST,
+        ));
+    }
     let prepared = t.prepare(new)?;
     for id in [same4, same6].into_iter().flatten() {
         dev.destroy(&mut t, id, Reason::Deleted);

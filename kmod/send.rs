@@ -2,8 +2,9 @@
 
 //! Transmit: an IP packet routed to the ntm device goes to the tunnel of its destination VIP,
 //! is sealed in place and leaves through the device's UDP socket. A packet for a VIP with no
-//! tunnel is dropped and reported (tunnel-miss, at most once per VIP per second) so that the
-//! daemon builds the tunnel; the sender's retransmission then goes through.
+//! tunnel is dropped and reported (tunnel-miss, at most once per VIP per second and 64 times
+//! per device per second) so that the daemon builds the tunnel; the sender's retransmission
+//! then goes through.
 
 use crate::bindings::{self, BhGuard, RcuGuard, Skb, Stat, WritableSkb, TAG_LEN};
 use crate::crypto::DATA_HEADER;
@@ -17,19 +18,29 @@ use kernel::error::{code::ENOMEM, Result};
 /// Room in front of the inner packet: data header, UDP, outer IPv6, a link-layer header.
 const HEADROOM: usize = DATA_HEADER + 8 + 40 + 32;
 
-/// Remembers recently reported misses, one VIP per slot.
+/// Misses reported per device per period (one second), whatever their VIPs: a sender
+/// spraying destinations cannot turn every packet into a notification.
+const MISSES_PER_PERIOD: u32 = 64;
+
+/// Remembers recently reported misses, one VIP per slot, and how many were reported in the
+/// current period.
 pub(crate) struct MissLimiter {
     slots: [(Option<Vip>, u64); 32],
+    period_start: u64,
+    in_period: u32,
 }
 
 impl MissLimiter {
     pub(crate) const fn new() -> Self {
         Self {
             slots: [(None, 0); 32],
+            period_start: 0,
+            in_period: 0,
         }
     }
 
-    /// True if `vip` was not reported within the last `period` jiffies (and records it).
+    /// True if `vip` was not reported within the last `period` jiffies and the device's
+    /// budget for this period is not spent (and records it).
     fn allow(&mut self, vip: Vip, now: u64, period: u64) -> bool {
         let h = match vip {
             Vip::V4(a) => a
@@ -43,6 +54,14 @@ impl MissLimiter {
         if slot.0 == Some(vip) && now.wrapping_sub(slot.1) < period {
             return false;
         }
+        if now.wrapping_sub(self.period_start) >= period {
+            self.period_start = now;
+            self.in_period = 0;
+        }
+        if self.in_period >= MISSES_PER_PERIOD {
+            return false;
+        }
+        self.in_period += 1;
         *slot = (Some(vip), now);
         true
     }

@@ -94,10 +94,10 @@ pub(crate) fn apply(
     }
 }
 
-/// encap_destroy: the daemon closed one of the sockets (it is not yet marked dead). The sweep
-/// work releases it (it may sleep; this context is better left alone).
+/// encap_destroy: the daemon closed one of the sockets (already marked dead). The sweep work
+/// releases it (it may sleep; this context is better left alone).
 pub(crate) fn closed_by_owner(dev: &Device, sk: ClosingSock) {
-    if dev.sock4.mark_lost(sk) || dev.sock6.mark_lost(sk) {
+    if dev.sock4.holds(sk) || dev.sock6.holds(sk) {
         dev.ndev.sweep_arm(0, true);
     }
 }
@@ -108,7 +108,7 @@ pub(crate) fn reap(dev: &Device, t: &mut TableGuard<'_>) -> [Option<SockRef>; 2]
     let mut gone = [None, None];
     for (i, ipv6) in [false, true].into_iter().enumerate() {
         let slot = if ipv6 { &dev.sock6 } else { &dev.sock4 };
-        if slot.take_lost(&RcuGuard::new()) {
+        if slot.closed(&RcuGuard::new()) {
             pr_info!(
                 "socket (IPv{}) closed by its owner: released\n",
                 if ipv6 { 6 } else { 4 }
@@ -137,7 +137,9 @@ pub(crate) fn send(dev: &Device, guard: &RcuGuard, skb: WritableSkb, t: &Tunnel)
         .ok_or_else(crate::bindings::err::enetunreach)?;
     let route = sock.route(dev.ndev, t.routes(), &ep)?;
     if route.fresh() {
-        t.keep_route(ep, &route);
+        t.keep_route(ep, &route, || {
+            slot.get(guard).is_some_and(|now| now.same(sock))
+        });
     }
     sock.xmit(dev.ndev, skb, route);
     Ok(())

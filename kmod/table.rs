@@ -119,10 +119,17 @@ impl Tunnel {
         &self.routes
     }
 
-    /// Caches a route looked up for `ep`, unless the endpoint changed meanwhile.
-    pub(crate) fn keep_route(&self, ep: Endpoint, route: &Route<'_>) {
+    /// Caches a route looked up for `ep` from a socket, unless the endpoint changed meanwhile
+    /// or `sock_current` says the device's socket did (dev-set replaces the socket, then
+    /// forgets every tunnel's routes under this same lock).
+    pub(crate) fn keep_route(
+        &self,
+        ep: Endpoint,
+        route: &Route<'_>,
+        sock_current: impl FnOnce() -> bool,
+    ) {
         let cur = self.endpoint.lock();
-        if *cur == ep {
+        if *cur == ep && sock_current() {
             route.keep(&self.routes);
         }
     }
@@ -131,6 +138,13 @@ impl Tunnel {
     pub(crate) fn forget_routes(&self) {
         let _cur = self.endpoint.lock();
         self.routes.reset();
+    }
+
+    /// Do the two tunnels share a send or a receive key? A tunnel must not replace one it
+    /// shares a key with: its send counter starts again at 0 (nonces would repeat under the
+    /// key) and its replay window empty (old packets would be taken again).
+    pub(crate) fn shares_keys(&self, other: &Tunnel) -> bool {
+        self.send_key.same(&other.send_key) || self.recv_key.same(&other.recv_key)
     }
 
     /// The next send counter, or None once the counter space is used up (never reuse a nonce).
@@ -163,9 +177,22 @@ impl Tunnel {
         }
     }
 
-    /// Jiffies since the last data packet.
+    /// Jiffies since the last data packet, `now` read earlier than a concurrent `touch`
+    /// counting as no idle time (jiffies compare modulo an unsigned long, like time_after).
     pub(crate) fn idle(&self, now: u64) -> u64 {
-        now.wrapping_sub(self.last_data.load(Ordering::Relaxed)) & (usize::MAX as u64)
+        idle_since(self.last_data.load(Ordering::Relaxed), now)
+    }
+}
+
+/// `now - last` in jiffies (an unsigned long, which wraps); a `last` after `now` (a packet
+/// touched the tunnel after the caller read the clock) is 0, not a huge idle time.
+fn idle_since(last: u64, now: u64) -> u64 {
+    let width = usize::MAX as u64;
+    let d = now.wrapping_sub(last) & width;
+    if d > width / 2 {
+        0
+    } else {
+        d
     }
 }
 

@@ -17,6 +17,7 @@ Numbers follow kmod/spec/ntm.yaml. Subcommands:
   tcp-send ADDR PORT BYTES   send BYTES of a fixed pattern over TCP, print its md5 and length
   dev-set IFNAME [idle=MS] [fd4=-1] [fd6=-1]   (-1 gives a socket back)
   send HOST PORT HEX [COUNT]   send UDP datagrams (HEX payload) from an ephemeral port
+  spray PREFIX16 PORT COUNT   one UDP datagram to each of COUNT addresses in PREFIX16 (100.66)
   flood HOST PORT RECEIVER COUNT   malformed data packets at the port
   replay IFNAME_OUT HOST PORT VIP   ping VIP, capture its data packet leaving IFNAME_OUT, resend it
   fuzz IFNAME            bad requests: each must fail with the right errno and extack text
@@ -359,6 +360,13 @@ def cmd_send(host, port, hexdata, count='1'):
         s.sendto(bytes.fromhex(hexdata), (host, int(port)))
 
 
+def cmd_spray(prefix16, port, count):
+    """One datagram to each of COUNT addresses of PREFIX16 (like 100.66): misses for many VIPs."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(int(count)):
+        s.sendto(b'\0', (f'{prefix16}.{i // 250}.{i % 250 + 1}', int(port)))
+
+
 def cmd_flood(host, port, receiver, count):
     """Malformed data packets: short, reserved bits set, unknown receivers, bad tags."""
     fam = socket.AF_INET6 if ':' in host else socket.AF_INET
@@ -554,7 +562,16 @@ def cmd_fuzz(ifname):
     tunnel_new(g, ifi, good)
     expect_error('tunnel-new local-id of another peer', tnew(dict(good, vip4='100.64.9.10')), errno.EEXIST,
                  'local-id is in use')
-    tunnel_new(g, ifi, dict(local_id=good['local_id']), cmd='tunnel_del')
+    for what, spec in (('its own local-id', good), ('another local-id', dict(good, local_id=0x7778)),
+                       ('only the send-key', dict(good, local_id=0x7778, recv_key='44' * 32))):
+        expect_error(f'tunnel-new replacing a tunnel with its keys ({what})', tnew(spec), errno.EEXIST,
+                     'needs new keys')
+    tunnel_new(g, ifi, dict(good, local_id=0x7778, send_key='33' * 32, recv_key='44' * 32))
+    got = [t['tunnel']['local_id'] for t in dump(g, ifi) if t['tunnel'].get('vip4') == good['vip4']]
+    if got != [0x7778]:
+        fail(f'a replacement with new keys: tunnels {got} to the VIP, wanted [0x7778]')
+    print('ok   tunnel-new with new keys replaced the tunnel to the same VIP')
+    tunnel_new(g, ifi, dict(local_id=0x7778), cmd='tunnel_del')
     # Random garbage in the nest: any errno is fine, the kernel must stay clean.
     rnd = random.Random(1)
     for i in range(300):
@@ -638,6 +655,8 @@ def main():
         cmd_tcp_send(*args)
     elif cmd == 'send':
         cmd_send(*args)
+    elif cmd == 'spray':
+        cmd_spray(*args)
     elif cmd == 'flood':
         cmd_flood(*args)
     elif cmd == 'replay':

@@ -310,6 +310,17 @@ wait_for 10 "tunnel-miss-ntf for fd7a::2" event "$W/a.events" '.cmd == "tunnel-m
 N=$(count_events "$W/a.events" '.cmd == "tunnel-miss-ntf" and .miss_vip4 == "100.64.0.77"')
 ((N >= 1 && N <= 2)) || die "$N tunnel-miss-ntf for a burst of 200 packets to 100.64.0.77"
 ok "packets without a tunnel: tunnel-miss-ntf for 100.64.0.2 and fd7a::2; a burst of 200 to 100.64.0.77 gave $N (rate limited)"
+# Many destinations: the device reports at most 64 misses a second, whatever their VIPs.
+ip -n a route add 100.66.0.0/16 dev ntm0
+t0=$(now)
+ina "${NL[@]}" spray 100.66 9 600
+sleep 1.5
+secs=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { s = b - a; print (s == int(s) ? s : int(s) + 1) + 1 }')
+wait_for 10 "a tunnel-miss-ntf for the spray" event "$W/a.events" '.cmd == "tunnel-miss-ntf" and ((.miss_vip4 // "") | startswith("100.66."))'
+N=$(count_events "$W/a.events" '.cmd == "tunnel-miss-ntf" and ((.miss_vip4 // "") | startswith("100.66."))')
+((N >= 1 && N <= 64 * secs)) || die "$N tunnel-miss-ntf for 600 destinations in about $secs s (at most 64 a second)"
+ok "600 destinations without a tunnel in about $secs s gave $N tunnel-miss-ntf (at most 64 a second)"
+ip -n a route del 100.66.0.0/16 dev ntm0
 N=$(count_events "$W/a.events" '.cmd == "tunnel-miss-ntf" and ((.miss_vip6 // "") | startswith("ff"))')
 ((N == 0)) || die "$N tunnel-miss-ntf for IPv6 multicast (router solicitations): not peers"
 ok "no tunnel-miss-ntf for multicast destinations (the device's router solicitations)"
