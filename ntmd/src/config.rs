@@ -14,6 +14,8 @@ use toml::Spanned;
 pub const DEFAULT_PORT: u16 = 7600;
 pub const DEFAULT_DC_PORT: u16 = 7500;
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 180;
+/// The longest idle timeout: ntm.ko's `idle-timeout-ms` policy allows a day.
+pub const MAX_IDLE_TIMEOUT_S: u64 = 86_400;
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/ntm/ntmd.sock";
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:53";
 pub const DEFAULT_TUN_NAME: &str = "ntm0";
@@ -193,6 +195,13 @@ impl Validator<'_> {
         let idle_timeout_s = match raw.idle_timeout_s {
             Some(v) if *v.get_ref() == 0 => {
                 return Err(self.err("idle_timeout_s", Some(v.span()), "must be at least 1 second"))
+            }
+            Some(v) if *v.get_ref() > MAX_IDLE_TIMEOUT_S => {
+                return Err(self.err(
+                    "idle_timeout_s",
+                    Some(v.span()),
+                    format!("must be at most {MAX_IDLE_TIMEOUT_S} (a day; the kernel data plane's limit)"),
+                ))
             }
             Some(v) => *v.get_ref(),
             None => DEFAULT_IDLE_TIMEOUT_S,
@@ -507,6 +516,7 @@ mod tests {
             (minimal("").replace("rpi.home.ntm.test", "rpi"), "test.toml:1: fqdn:"),
             (minimal("").replace("198.18.40.2:7500", "dc.example:7500"), "test.toml:4: dc[0]:"),
             (minimal("idle_timeout_s = 0"), "test.toml:5: idle_timeout_s:"),
+            (minimal("idle_timeout_s = 86401"), "test.toml:5: idle_timeout_s: must be at most 86400"),
             (minimal("[tun]\nmtu = 1000"), "test.toml:6: tun.mtu:"),
             (minimal("[tun]\nroutes = [\"100.64.0.1/10\"]"), "test.toml:6: tun.routes[0]:"),
             (minimal("[tun]\nname = \"a-very-long-interface\""), "test.toml:6: tun.name:"),

@@ -334,7 +334,17 @@ impl Daemon {
                     self.counters.build_latency.observe(t0.elapsed());
                 }
                 if let Err(e) = self.dataplane.install(&spec) {
-                    warn!(peer = %spec.fqdn, "installing the tunnel: {e:#}");
+                    // The data plane has no tunnel: the peer is not built, and the next lookup
+                    // or miss tries again.
+                    let reason = format!("installing the tunnel: {e:#}");
+                    warn!(peer = %spec.fqdn, "{reason}");
+                    self.counters.build_failed += 1;
+                    self.core.tunnel_destroyed(spec.local_id);
+                    for w in self.waiters.remove(&spec.fqdn).unwrap_or_default() {
+                        let _ = w.send(Err(reason.clone()));
+                    }
+                    let _ = self.events.send(Event::BuildFailed { fqdn: spec.fqdn, reason });
+                    return;
                 }
                 let _ = self.events.send(Event::TunnelBuilt {
                     fqdn: spec.fqdn.clone(),

@@ -3,7 +3,7 @@
 //! the `ntm` generic netlink family, and turns the family's events into data-plane events. As
 //! DESIGN decision 5 says: subscribe to `events`, then dump, then apply; re-dump on an overrun.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -64,10 +64,22 @@ impl Kernel {
         if let Some(s) = &sockets.v6 {
             attrs.push(NtmAttr::SockFd6(s.as_raw_fd()));
         }
-        nl.request(NtmMsg::new(cmd::DEV_SET, attrs), false).context("handing the UDP sockets to the module")?;
-        let installed: Installed = Arc::default();
         // Then dump: a fresh device has no tunnels, and the dump proves the family answers.
-        let n = dump(&mut nl, link.index)?.len();
+        let ready = nl
+            .request(NtmMsg::new(cmd::DEV_SET, attrs), false)
+            .context("handing the UDP sockets to the module")
+            .and_then(|_| dump(&mut nl, link.index));
+        let n = match ready {
+            Ok(tunnels) => tunnels.len(),
+            Err(e) => {
+                // The device is of no use without its sockets: do not leave it behind.
+                if let Err(d) = link.delete() {
+                    debug!("{d}");
+                }
+                return Err(e);
+            }
+        };
+        let installed: Installed = Arc::default();
         info!(dev = %link.name, index = link.index, tunnels = n, "kernel data plane");
         tokio::spawn(event_task(ev, link.index, installed.clone(), events.clone()));
         for sock in [sockets.v4.clone(), sockets.v6.clone()].into_iter().flatten() {
@@ -230,6 +242,26 @@ fn reason(r: u32) -> DestroyReason {
     }
 }
 
+/// The local ids of the device's tunnels, dumped on a socket of its own (blocking calls, off
+/// the runtime's threads); retried with backoff until a dump succeeds, since the events it
+/// stands in for are lost otherwise.
+async fn redump(ifindex: u32) -> HashSet<u32> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let r = tokio::task::spawn_blocking(move || {
+            GenlSocket::open().map_err(anyhow::Error::from).and_then(|mut nl| dump(&mut nl, ifindex))
+        })
+        .await;
+        match r {
+            Ok(Ok(v)) => return v.iter().map(|t| t.local_id).collect(),
+            Ok(Err(e)) => warn!("re-dump failed: {e:#}; again in {backoff:?}"),
+            Err(e) => warn!("re-dump failed: {e}; again in {backoff:?}"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Turns the family's notifications for our device into data-plane events; after an overrun,
 /// dumps and reports every tunnel that vanished unseen.
 async fn event_task(ev: EventSocket, ifindex: u32, installed: Installed, events: mpsc::Sender<DpEvent>) {
@@ -238,18 +270,14 @@ async fn event_task(ev: EventSocket, ifindex: u32, installed: Installed, events:
             Ok(b) => b,
             Err(NlError::Overrun) => {
                 warn!("ntm events overran: re-dumping the tunnel table");
-                let live: Vec<u32> =
-                    match GenlSocket::open().map_err(anyhow::Error::from).and_then(|mut nl| dump(&mut nl, ifindex)) {
-                        Ok(v) => v.iter().map(|t| t.local_id).collect(),
-                        Err(e) => {
-                            warn!("re-dump failed: {e:#}");
-                            continue;
-                        }
-                    };
+                // Only tunnels installed before the dump began can be missing from it because
+                // they are gone: one installed meanwhile may have been passed over.
+                let before: Vec<u32> = installed.lock().expect("installed lock").keys().copied().collect();
+                let live = redump(ifindex).await;
                 let gone: Vec<(u32, String, Option<IpAddr>)> = {
                     let mut inst = installed.lock().expect("installed lock");
-                    let gone: Vec<u32> = inst.keys().filter(|id| !live.contains(id)).copied().collect();
-                    gone.into_iter().filter_map(|id| inst.remove(&id).map(|(f, v)| (id, f, v))).collect()
+                    let gone = before.into_iter().filter(|id| !live.contains(id));
+                    gone.filter_map(|id| inst.remove(&id).map(|(f, v)| (id, f, v))).collect()
                 };
                 for (local_id, fqdn, vip) in gone {
                     let e = DpEvent::Destroyed { local_id, fqdn, vip, reason: DestroyReason::Error };

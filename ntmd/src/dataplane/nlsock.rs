@@ -17,6 +17,11 @@ use super::genl::NtmMsg;
 const GENL_ID_CTRL: u16 = 0x10;
 /// Offset of extack TLVs in a capped error message: nlmsghdr, error code, the request's nlmsghdr.
 const EXTACK_OFFSET: usize = 16 + 4 + 16;
+/// ... and in a done message: nlmsghdr, error code.
+const DONE_EXTACK_OFFSET: usize = 16 + 4;
+/// How long a request waits for each of its replies: the module answers at once, but its
+/// table mutex may be held by a sweep for a while (a second, under TCG at 100 000 tunnels).
+const REPLY_TIMEOUT_S: i64 = 10;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,8 @@ pub enum NlError {
     Decode(String),
     #[error("events were lost (socket overrun)")]
     Overrun,
+    #[error("the module did not answer within {REPLY_TIMEOUT_S} s")]
+    Timeout,
 }
 
 fn open_socket() -> Result<Socket, NlError> {
@@ -41,13 +48,13 @@ fn open_socket() -> Result<Socket, NlError> {
     Ok(s)
 }
 
-/// The module's text from an error message's extack TLVs, if it sent one.
-fn extack_msg(raw: &[u8]) -> Option<String> {
+/// The module's text from the extack TLVs at `offset` of an error or done message, if it sent one.
+fn extack_msg(raw: &[u8], offset: usize) -> Option<String> {
     let flags = u16::from_ne_bytes(raw.get(6..8)?.try_into().ok()?);
     if flags & netlink_packet_core::NLM_F_ACK_TLVS == 0 {
         return None;
     }
-    let mut tlvs = raw.get(EXTACK_OFFSET..)?;
+    let mut tlvs = raw.get(offset..)?;
     while tlvs.len() >= 4 {
         let len = u16::from_ne_bytes([tlvs[0], tlvs[1]]) as usize;
         let kind = u16::from_ne_bytes([tlvs[2], tlvs[3]]);
@@ -58,9 +65,14 @@ fn extack_msg(raw: &[u8]) -> Option<String> {
             let v = &tlvs[4..len];
             return Some(String::from_utf8_lossy(v.split(|c| *c == 0).next().unwrap_or_default()).into_owned());
         }
-        tlvs = &tlvs[(len + 3) & !3..];
+        tlvs = tlvs.get((len + 3) & !3..).unwrap_or_default();
     }
     None
+}
+
+/// The sequence number in a message's header.
+fn seq_of(raw: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(raw.get(8..12)?.try_into().ok()?))
 }
 
 /// Splits a datagram into its netlink messages (with their raw bytes, for extack).
@@ -91,6 +103,10 @@ impl GenlSocket {
     /// Opens a socket and resolves the family (and its `events` group).
     pub fn open() -> Result<GenlSocket, NlError> {
         let sock = open_socket()?;
+        // A reply that never comes must not hang the caller (the daemon's core task).
+        let timeout = nix::sys::time::TimeVal::new(REPLY_TIMEOUT_S, 0);
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(io::Error::from)?;
         let mut s = GenlSocket { sock, family: GENL_ID_CTRL, events_group: None, seq: 0 };
         let mut req = NetlinkMessage::new(
             NetlinkHeader::default(),
@@ -170,24 +186,35 @@ impl GenlSocket {
         self.sock.send_to(&buf, &SocketAddr::new(0, 0), 0)?;
         let mut out = Vec::new();
         loop {
-            let (data, _) = self.sock.recv_from_full()?;
+            let (data, _) = self.sock.recv_from_full().map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => NlError::Timeout,
+                _ => NlError::Io(e),
+            })?;
             for raw in messages(&data) {
-                let msg =
-                    NetlinkMessage::<GenlMessage<F>>::deserialize(raw).map_err(|e| NlError::Decode(e.to_string()))?;
-                if msg.header.sequence_number != self.seq {
+                // Left over from an earlier exchange: skipped before it is decoded, so that a
+                // message we cannot read does not fail this request.
+                if seq_of(raw) != Some(self.seq) {
                     continue;
                 }
+                let msg =
+                    NetlinkMessage::<GenlMessage<F>>::deserialize(raw).map_err(|e| NlError::Decode(e.to_string()))?;
                 match msg.payload {
                     // Replies (one, or the parts of a dump) come before the ack or the done.
                     NetlinkPayload::InnerMessage(g) => out.push(g.payload),
                     NetlinkPayload::Error(e) => match e.code {
                         None => return Ok(out),
                         Some(code) => {
-                            let msg = extack_msg(raw)
+                            let msg = extack_msg(raw, EXTACK_OFFSET)
                                 .unwrap_or_else(|| io::Error::from_raw_os_error(-code.get()).to_string());
                             return Err(NlError::Kernel { code: -code.get(), msg });
                         }
                     },
+                    // A dump that failed part-way ends with its error in the done message.
+                    NetlinkPayload::Done(d) if d.code < 0 => {
+                        let msg = extack_msg(raw, DONE_EXTACK_OFFSET)
+                            .unwrap_or_else(|| io::Error::from_raw_os_error(-d.code).to_string());
+                        return Err(NlError::Kernel { code: -d.code, msg });
+                    }
                     NetlinkPayload::Done(_) => return Ok(out),
                     NetlinkPayload::Overrun(_) => return Err(NlError::Overrun),
                     _ => {}
@@ -222,9 +249,16 @@ impl EventSocket {
                 Ok(Ok((data, _))) => {
                     let mut out = Vec::new();
                     for raw in messages(&data) {
-                        if let Ok(m) = NetlinkMessage::<GenlMessage<NtmMsg>>::deserialize(raw) {
-                            if let NetlinkPayload::InnerMessage(g) = m.payload {
-                                out.push(g.payload);
+                        match NetlinkMessage::<GenlMessage<NtmMsg>>::deserialize(raw) {
+                            Ok(m) => {
+                                if let NetlinkPayload::InnerMessage(g) = m.payload {
+                                    out.push(g.payload);
+                                }
+                            }
+                            // It may have been a tunnel-destroyed: as good as lost, re-dump.
+                            Err(e) => {
+                                tracing::warn!("an ntm event that does not parse ({e}): treated as lost");
+                                return Err(NlError::Overrun);
                             }
                         }
                     }
@@ -262,6 +296,25 @@ mod tests {
         let two: Vec<u8> = [m.clone(), m.clone()].concat();
         let parts: Vec<_> = messages(&two).collect();
         assert_eq!(parts.len(), 2);
-        assert_eq!(extack_msg(parts[1]).as_deref(), Some("bad key"));
+        assert_eq!(extack_msg(parts[1], EXTACK_OFFSET).as_deref(), Some("bad key"));
+        assert_eq!(seq_of(parts[0]), Some(0));
+    }
+
+    #[test]
+    fn truncated_extack_is_no_message() {
+        // A TLV (not the message one) whose length fits but whose padding does not: skipped
+        // without reading past the end, and no message found.
+        let mut m = Vec::new();
+        m.extend_from_slice(&41u32.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.extend_from_slice(&netlink_packet_core::NLM_F_ACK_TLVS.to_ne_bytes());
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&(-22i32).to_ne_bytes());
+        m.extend_from_slice(&[0; 16]);
+        m.extend_from_slice(&5u16.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.push(7);
+        assert_eq!(extack_msg(&m, EXTACK_OFFSET), None);
+        assert_eq!(extack_msg(&m[..20], EXTACK_OFFSET), None);
     }
 }
