@@ -1,4 +1,4 @@
-//! The lab's web app: runs on every NTM node of `scripts/lab` (see LAB.md).
+//! The lab's web app: runs on every NTM node of `scripts/lab` (see docs/lab.md).
 //!
 //! * `GET /`        an HTML page saying `Hello from NAME` (and the machine's host name)
 //! * `GET /bytes/N` exactly N bytes (N ≤ 1 GiB) of a deterministic pattern, streamed:
