@@ -5,28 +5,17 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hickory_proto::rr::Name;
+use host::config::{Source, Spanned};
 use ipnet::{Ipv4Net, Ipv6Net};
 use proto::keys::{PublicKey, SecretKey};
 use proto::registry::Pools;
-use serde::{Deserialize, Deserializer};
-use toml::Spanned;
+use serde::Deserialize;
 
 /// Default signaling port of a DC.
 pub const DEFAULT_PORT: u16 = 7500;
 const DEFAULT_KEEPALIVE_S: u64 = 15;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
-    /// The toml error names the line, the column and the key.
-    #[error("{}: {source}", path.display())]
-    Parse { path: PathBuf, source: toml::de::Error },
-    /// A value that parsed but does not make sense; `line` is 1-based.
-    #[error("{}{}: {key}: {msg}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
-    Invalid { path: PathBuf, line: Option<usize>, key: String, msg: String },
-}
+pub use host::config::ConfigError;
 
 /// The validated configuration of a DC. Names are lowercase, without a trailing dot.
 #[derive(Debug, Clone)]
@@ -88,15 +77,13 @@ pub struct PeerConfig {
 struct RawConfig {
     zone: Spanned<String>,
     name: Spanned<String>,
-    #[serde(default, deserialize_with = "de_opt_secret_key")]
-    private_key: Option<SecretKey>,
+    private_key: Option<Spanned<String>>,
     private_key_file: Option<Spanned<PathBuf>>,
     listen: Spanned<Vec<SocketAddr>>,
     dns_listen: Vec<SocketAddr>,
     addresses: Option<Spanned<Vec<IpAddr>>>,
     database: PathBuf,
-    #[serde(deserialize_with = "de_resolver")]
-    resolver: SocketAddr,
+    resolver: Spanned<String>,
     keepalive_s: Option<Spanned<u64>>,
     metrics_listen: Option<SocketAddr>,
     pools: Spanned<RawPools>,
@@ -119,8 +106,7 @@ struct RawPools {
 #[serde(deny_unknown_fields)]
 struct RawNode {
     fqdn: Spanned<String>,
-    #[serde(deserialize_with = "de_public_key")]
-    public_key: PublicKey,
+    public_key: Spanned<String>,
     nps: Option<Spanned<String>>,
 }
 
@@ -135,68 +121,27 @@ struct RawNps {
 #[serde(deny_unknown_fields)]
 struct RawPeer {
     zone: Spanned<String>,
-    #[serde(deserialize_with = "de_public_key")]
-    public_key: PublicKey,
-}
-
-fn de_public_key<'de, D: Deserializer<'de>>(d: D) -> Result<PublicKey, D::Error> {
-    let s = String::deserialize(d)?;
-    PublicKey::from_base64(&s).map_err(|e| serde::de::Error::custom(format!("expected a base64 X25519 key: {e}")))
-}
-
-fn de_opt_secret_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretKey>, D::Error> {
-    let s = String::deserialize(d)?;
-    SecretKey::from_base64(&s)
-        .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("expected a base64 X25519 key: {e}")))
-}
-
-/// "198.18.0.53:53", or a bare IP meaning port 53.
-fn de_resolver<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-    let s = String::deserialize(d)?;
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Ok(sa);
-    }
-    s.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| serde::de::Error::custom(format!("expected an IP address with optional port, got {s:?}")))
+    public_key: Spanned<String>,
 }
 
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&text, path)
+        Self::parse(&host::config::read(path)?, path)
     }
 
     /// Parses and validates `text`; `path` names the file in errors and anchors a relative
     /// `private_key_file`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
-        let invalid = |span: Option<Range<usize>>, key: &str, msg: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: span.map(|s| line_of(text, s.start)),
-            key: key.to_string(),
-            msg,
-        };
+        let src = Source::new(text, path);
+        let raw: RawConfig = src.parse()?;
+        let invalid = |span: Option<Range<usize>>, key: &str, msg: String| src.err(key, span, msg);
 
-        let zone = dns_name(raw.zone.get_ref()).map_err(|m| invalid(Some(raw.zone.span()), "zone", m))?;
-        let name = dns_name(raw.name.get_ref()).map_err(|m| invalid(Some(raw.name.span()), "name", m))?;
-
-        let private_key = match (raw.private_key, &raw.private_key_file) {
-            (Some(k), None) => k,
-            (None, Some(file)) => {
-                read_key_file(path, file.get_ref()).map_err(|m| invalid(Some(file.span()), "private_key_file", m))?
-            }
-            (Some(_), Some(file)) => {
-                let msg = "set either private_key or private_key_file, not both".into();
-                return Err(invalid(Some(file.span()), "private_key_file", msg));
-            }
-            (None, None) => return Err(invalid(None, "private_key", "missing (or set private_key_file)".into())),
-        };
+        let zone = src.fqdn("zone", &raw.zone)?;
+        let name = src.fqdn("name", &raw.name)?;
+        let private_key = src.secret_key("private_key", raw.private_key.as_ref(), raw.private_key_file.as_ref())?;
+        let resolver = src.addr("resolver", &raw.resolver, 53)?;
 
         let listen_span = raw.listen.span();
         let listen = raw.listen.into_inner();
@@ -264,7 +209,8 @@ impl Config {
         for (i, n) in raw.nodes.into_iter().enumerate() {
             let key = |field: &str| format!("nodes[{i}].{field}");
             let err = |msg: String| invalid(Some(n.fqdn.span()), &key("fqdn"), msg);
-            let fqdn = dns_name(n.fqdn.get_ref()).map_err(err)?;
+            let fqdn = src.fqdn(&key("fqdn"), &n.fqdn)?;
+            let public_key = src.public_key(&key("public_key"), &n.public_key)?;
             if !is_below(&fqdn, &zone) {
                 return Err(err(format!("{fqdn:?} is not inside zone {zone:?}")));
             }
@@ -280,20 +226,21 @@ impl Config {
                     return Err(invalid(Some(r.span()), &key("nps"), msg));
                 }
             }
-            nodes.push(NodeConfig { fqdn, public_key: n.public_key, nps: n.nps.map(Spanned::into_inner) });
+            nodes.push(NodeConfig { fqdn, public_key, nps: n.nps.map(Spanned::into_inner) });
         }
 
         let mut peers: Vec<PeerConfig> = Vec::with_capacity(raw.peers.len());
         for (i, p) in raw.peers.into_iter().enumerate() {
             let err = |msg: String| invalid(Some(p.zone.span()), &format!("peers[{i}].zone"), msg);
-            let pzone = dns_name(p.zone.get_ref()).map_err(err)?;
+            let pzone = src.fqdn(&format!("peers[{i}].zone"), &p.zone)?;
+            let public_key = src.public_key(&format!("peers[{i}].public_key"), &p.public_key)?;
             if pzone == zone {
                 return Err(err("is this DC's own zone".into()));
             }
             if peers.iter().any(|o| o.zone == pzone) {
                 return Err(err(format!("duplicate peer zone {pzone:?}")));
             }
-            peers.push(PeerConfig { zone: pzone, public_key: p.public_key });
+            peers.push(PeerConfig { zone: pzone, public_key });
         }
 
         Ok(Config {
@@ -304,7 +251,7 @@ impl Config {
             dns_listen: raw.dns_listen,
             addresses,
             database: raw.database,
-            resolver: raw.resolver,
+            resolver,
             keepalive_s,
             metrics_listen: raw.metrics_listen,
             pools,
@@ -345,24 +292,9 @@ impl Config {
     }
 }
 
-/// Checks a DNS name and returns it lowercase without the trailing dot.
-fn dns_name(s: &str) -> Result<String, String> {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    Name::from_ascii(s).map_err(|e| format!("{s:?} is not a valid DNS name: {e}"))?;
-    Ok(s.to_ascii_lowercase())
-}
-
 /// True if `name` is strictly below `zone` (both normalized).
 fn is_below(name: &str, zone: &str) -> bool {
     name.len() > zone.len() + 1 && name.ends_with(zone) && name.as_bytes()[name.len() - zone.len() - 1] == b'.'
-}
-
-/// 1-based line of the byte offset `pos`.
-fn line_of(text: &str, pos: usize) -> usize {
-    text.as_bytes()[..pos.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 type PoolProblem = (Option<Range<usize>>, &'static str, String);
@@ -392,26 +324,6 @@ fn check_pools(p: &RawPools) -> Result<(), PoolProblem> {
         }
     }
     Ok(())
-}
-
-/// Reads a base64 key file, relative to the config file's directory.
-fn read_key_file(config_path: &Path, file: &Path) -> Result<SecretKey, String> {
-    let full = match config_path.parent() {
-        Some(dir) if file.is_relative() => dir.join(file),
-        _ => file.to_path_buf(),
-    };
-    let text = std::fs::read_to_string(&full).map_err(|e| format!("{}: {e}", full.display()))?;
-    warn_if_readable_by_others(&full);
-    SecretKey::from_base64(&text).map_err(|e| format!("{}: expected a base64 X25519 key: {e}", full.display()))
-}
-
-fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "private key file is accessible by group or others");
-        }
-    }
 }
 
 #[cfg(test)]
@@ -496,7 +408,7 @@ mod tests {
 
         let text = minimal().replace(KEY, "AAAA");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("32 bytes"), "{err}");
+        assert!(err.contains(":3: private_key:") && err.contains("32 bytes"), "{err}");
 
         let text = minimal().replace("198.18.40.2:7500", "198.18.40.2");
         let err = parse(&text).unwrap_err().to_string();
@@ -551,6 +463,8 @@ mod tests {
     fn private_key_file_is_relative_to_the_config() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("dc.key"), format!("{KEY}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("dc.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let text = minimal().replace(&format!("private_key = \"{KEY}\""), "private_key_file = \"dc.key\"");
         let cfg = Config::parse(&text, &dir.path().join("dc.toml")).unwrap();
         assert_eq!(cfg.private_key.bytes()[31], 31);
@@ -559,7 +473,7 @@ mod tests {
         assert!(matches!(&err, ConfigError::Invalid { key, .. } if key == "private_key_file"), "{err}");
         let both = format!("private_key_file = \"dc.key\"\n{}", minimal());
         let err = Config::parse(&both, &dir.path().join("dc.toml")).unwrap_err();
-        assert!(matches!(&err, ConfigError::Invalid { key, line: Some(1), .. } if key == "private_key_file"), "{err}");
+        assert!(matches!(&err, ConfigError::Invalid { key, line: Some(4), .. } if key == "private_key"), "{err}");
     }
 
     #[test]

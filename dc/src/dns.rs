@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
@@ -17,6 +17,8 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
+
+use host::loglimit::LogLimiter;
 
 use crate::config::Config;
 
@@ -300,36 +302,6 @@ fn formerr(bytes: &[u8]) -> Option<Vec<u8>> {
     out[2] = 0x80 | (bytes[2] & 0x79); // QR, opcode and RD
     out[3] = ResponseCode::FormErr.low();
     Some(out)
-}
-
-/// Lets a log line through at most once per interval and counts the rest.
-#[derive(Debug)]
-struct LogLimiter {
-    interval: Duration,
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl LogLimiter {
-    fn new(interval: Duration) -> Self {
-        Self { interval, state: Mutex::new((None, 0)) }
-    }
-
-    /// `Some(n)`: log now, `n` events were suppressed since the last line.
-    fn check(&self) -> Option<u64> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match st.0 {
-            Some(last) if now.duration_since(last) < self.interval => {
-                st.1 += 1;
-                None
-            }
-            _ => {
-                let suppressed = st.1;
-                *st = (Some(now), 0);
-                Some(suppressed)
-            }
-        }
-    }
 }
 
 fn transient(e: &io::Error) -> bool {
@@ -776,17 +748,6 @@ addresses = ["198.18.20.2", "2001:db8:20::2"]
         let r = auth.answer_udp(&q).unwrap();
         assert!(r.len() <= usize::from(MAX_UDP_RESPONSE));
         assert!(Message::from_vec(&r).unwrap().truncated());
-    }
-
-    #[test]
-    fn log_limiter_lets_one_line_per_interval() {
-        let l = LogLimiter::new(Duration::from_secs(3600));
-        assert_eq!(l.check(), Some(0));
-        assert_eq!(l.check(), None);
-        assert_eq!(l.check(), None);
-        let l = LogLimiter::new(Duration::ZERO);
-        assert_eq!(l.check(), Some(0));
-        assert_eq!(l.check(), Some(0));
     }
 
     /// Binds UDP and TCP on the same 127.0.0.1 port and serves `auth` on both.

@@ -1,43 +1,31 @@
 //! `dc`: the NTM Direction Coordinator.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Parser;
+use host::config::ConfigError;
+use host::daemon::Daemon;
+use ntm_dc::config::Config;
 
-#[derive(Parser)]
-#[command(name = "dc", version, about = "NTM Direction Coordinator: VIPs, node registry, DNS, tunnel direction")]
-struct Args {
-    /// Configuration file (TOML).
-    #[arg(long, short)]
-    config: PathBuf,
+struct Dc;
+
+impl Daemon for Dc {
+    const NAME: &'static str = "dc";
+    const ABOUT: &'static str = "NTM Direction Coordinator: VIPs, node registry, DNS, tunnel direction";
+    type Config = Config;
+
+    fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load(path)
+    }
+
+    fn check(config: &Config) -> anyhow::Result<String> {
+        Ok(format!("zone {}, {} nodes, {} peers", config.zone, config.nodes.len(), config.peers.len()))
+    }
+
+    async fn run(_path: PathBuf, config: Config) -> anyhow::Result<()> {
+        ntm_dc::server::run(config).await
+    }
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
-    let cfg = match ntm_dc::config::Config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("dc: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dc: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(ntm_dc::server::run(cfg)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    host::daemon::main::<Dc>()
 }

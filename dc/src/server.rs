@@ -4,24 +4,22 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use host::dns::Client;
+use host::driver::{self, Core, Options};
+use host::metrics::{self, Page};
 use proto::dc::{DcCommand, DcConfig, DcCore};
 use proto::exchange::Now;
-use proto::metrics::Page;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::dns::{self, Authority};
 use crate::registry::SqliteRegistry;
-
-fn now() -> Now {
-    let unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-    Now { mono: Instant::now(), unix_us }
-}
 
 /// How long the DC of another zone, once found, is remembered.
 const LOCATE_CACHE: Duration = Duration::from_secs(30);
@@ -35,29 +33,22 @@ enum Input {
 fn metrics(core: &DcCore<SqliteRegistry>, authority: &Authority) -> String {
     use proto::registry::Registry;
     use std::sync::atomic::Ordering::Relaxed;
-    let mut p = Page::default();
+    let mut p = Page::new("dc");
     let c = core.counters();
     let nodes = core.registry().all().map(|v| v.len() as u64).unwrap_or(0);
-    p.single("ntm_dc_nodes", "gauge", "Nodes in the registry.", nodes);
-    p.single("ntm_dc_registrations_total", "counter", "Registrations and keepalives accepted.", c.registrations);
-    p.single("ntm_dc_registrations_refused_total", "counter", "Registrations refused.", c.refused);
-    p.labeled(
+    p.gauge("ntm_dc_nodes", "Nodes in the registry.", nodes as i64);
+    p.counter("ntm_dc_registrations_total", "Registrations and keepalives accepted.", c.registrations);
+    p.counter("ntm_dc_registrations_refused_total", "Registrations refused.", c.refused);
+    p.counters(
         "ntm_dc_directions_total",
-        "counter",
         "Directions answered, by outcome.",
         "outcome",
         [("ok", c.directions_ok), ("failed", c.directions_failed)],
     );
-    p.single(
-        "ntm_dc_directions_remote_total",
-        "counter",
-        "Directions that asked another zone's DC.",
-        c.directions_remote,
-    );
+    p.counter("ntm_dc_directions_remote_total", "Directions that asked another zone's DC.", c.directions_remote);
     let d = core.drops();
-    p.labeled(
+    p.counters(
         "ntm_dc_signaling_dropped_total",
-        "counter",
         "Signaling datagrams dropped, by cause.",
         "cause",
         [
@@ -68,11 +59,11 @@ fn metrics(core: &DcCore<SqliteRegistry>, authority: &Authority) -> String {
         ],
     );
     let s = authority.stats();
-    p.single("ntm_dc_dns_queries_total", "counter", "DNS queries answered.", s.queries.load(Relaxed));
-    p.single("ntm_dc_dns_nxdomain_total", "counter", "DNS queries answered NXDOMAIN.", s.nxdomain.load(Relaxed));
-    p.single("ntm_dc_dns_refused_total", "counter", "DNS queries refused.", s.refused.load(Relaxed));
-    p.single("ntm_dc_dns_malformed_total", "counter", "Malformed DNS queries dropped.", s.malformed.load(Relaxed));
-    p.finish()
+    p.counter("ntm_dc_dns_queries_total", "DNS queries answered.", s.queries.load(Relaxed));
+    p.counter("ntm_dc_dns_nxdomain_total", "DNS queries answered NXDOMAIN.", s.nxdomain.load(Relaxed));
+    p.counter("ntm_dc_dns_refused_total", "DNS queries refused.", s.refused.load(Relaxed));
+    p.counter("ntm_dc_dns_malformed_total", "Malformed DNS queries dropped.", s.malformed.load(Relaxed));
+    p.encode()
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -85,7 +76,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         enrolled: cfg.nodes.iter().map(|n| (n.fqdn.clone(), n.public_key)).collect(),
         peers: cfg.peers.iter().map(|p| (p.zone.clone(), p.public_key)).collect(),
     };
-    let mut core = DcCore::new(core_cfg, registry);
+    let core = DcCore::new(core_cfg, registry);
 
     // DNS first, so that the zone answers as soon as the DC is up.
     let authority = Arc::new(Authority::from_config(&cfg).context("building the zone")?);
@@ -106,7 +97,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         info!(%addr, zone = %cfg.zone, "DNS listening");
     }
 
-    let (tx, mut rx) = mpsc::channel::<Input>(1024);
+    let (tx, rx) = mpsc::channel::<Input>(1024);
     let mut sockets: Vec<Arc<UdpSocket>> = Vec::new();
     for addr in &cfg.listen {
         let s = Arc::new(UdpSocket::bind(addr).await.with_context(|| format!("signaling on {addr}/udp"))?);
@@ -135,62 +126,88 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let send_sock: HashMap<bool, Arc<UdpSocket>> =
         sockets.iter().filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv4(), s.clone()))).collect();
     if let Some(addr) = cfg.metrics_listen {
+        let server = metrics::Server::bind(addr).await?;
         let tx = tx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = proto::metrics::serve(addr, tx, Input::Metrics).await {
-                warn!(%addr, "metrics: {e}");
+        tokio::spawn(server.run(move || {
+            let tx = tx.clone();
+            async move {
+                let (reply, page) = oneshot::channel();
+                tx.send(Input::Metrics(reply)).await.ok()?;
+                page.await.ok()
             }
-        });
+        }));
     }
     info!(zone = %cfg.zone, "DC running");
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut summary = tokio::time::interval(Duration::from_secs(60));
-    let mut located: HashMap<String, (Instant, (String, Vec<SocketAddr>))> = HashMap::new();
-    let mut reported = 0u64;
-    loop {
-        let deadline = core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            input = rx.recv() => match input {
-                Some(Input::Datagram { from, payload }) => core.handle_datagram(from, &payload, now()),
-                Some(Input::Located { id, domain, result }) => {
-                    if let Ok(found) = &result {
-                        located.insert(domain, (Instant::now() + LOCATE_CACHE, found.clone()));
-                    }
-                    core.dc_located(id, result, now())
+    let mut dc = Dc {
+        core,
+        authority,
+        resolver: Client::new(vec![cfg.resolver]),
+        send_sock,
+        inputs: tx,
+        located: HashMap::new(),
+        reported: 0,
+    };
+    driver::run(&mut dc, ReceiverStream::new(rx), Options::default()).await?;
+    Ok(())
+}
+
+/// The DC's core and the I/O it drives.
+struct Dc {
+    core: DcCore<SqliteRegistry>,
+    authority: Arc<Authority>,
+    /// Finds other zones' DCs.
+    resolver: Client,
+    send_sock: HashMap<bool, Arc<UdpSocket>>,
+    /// For the answers of lookups started here.
+    inputs: mpsc::Sender<Input>,
+    /// Other zones' DCs found lately, by domain.
+    located: HashMap<String, (Instant, (String, Vec<SocketAddr>))>,
+    /// Drops at the last summary.
+    reported: u64,
+}
+
+impl Core for Dc {
+    type Input = Input;
+
+    fn input(&mut self, input: Input, now: Now) {
+        match input {
+            Input::Datagram { from, payload } => self.core.handle_datagram(from, &payload, now),
+            Input::Located { id, domain, result } => {
+                if let Ok(found) = &result {
+                    self.located.insert(domain, (Instant::now() + LOCATE_CACHE, found.clone()));
                 }
-                Some(Input::Metrics(reply)) => {
-                    let _ = reply.send(metrics(&core, &authority));
-                }
-                None => break,
-            },
-            _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(now()),
-            _ = summary.tick() => {
-                let d = core.drops();
-                let dns = authority.stats().malformed.load(std::sync::atomic::Ordering::Relaxed);
-                if d.total() + dns != reported {
-                    info!(malformed = d.malformed, unauthorized = d.unauthorized, replayed = d.replayed,
-                        unexpected = d.unexpected, dns_malformed = dns, "dropped since start");
-                    reported = d.total() + dns;
-                }
+                self.core.dc_located(id, result, now)
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            Input::Metrics(reply) => {
+                let _ = reply.send(metrics(&self.core, &self.authority));
+            }
         }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    fn timeout(&mut self, now: Now) {
+        self.core.handle_timeout(now)
+    }
+
+    async fn flush(&mut self) {
         // Commands first: a cached answer produces datagrams at once.
-        while let Some(cmd) = core.poll_command() {
+        while let Some(cmd) = self.core.poll_command() {
             match cmd {
                 DcCommand::Locate { id, target } => {
                     // Nodes of one domain share their DC: the answer is kept a little while.
                     let domain = target.split_once('.').map(|(_, d)| d.to_string()).unwrap_or_default();
-                    located.retain(|_, (until, _)| *until > Instant::now());
-                    if let Some((_, found)) = located.get(&domain) {
-                        core.dc_located(id, Ok(found.clone()), now());
+                    self.located.retain(|_, (until, _)| *until > Instant::now());
+                    if let Some((_, found)) = self.located.get(&domain) {
+                        self.core.dc_located(id, Ok(found.clone()), driver::now());
                         continue;
                     }
-                    let (tx, resolver) = (tx.clone(), cfg.resolver);
+                    let (tx, resolver) = (self.inputs.clone(), self.resolver.clone());
                     tokio::spawn(async move {
-                        let result = crate::locate::locate_dc(resolver, &target).await.map_err(|e| e.to_string());
+                        let result = crate::locate::locate_dc(&resolver, &target).await.map_err(|e| e.to_string());
                         if let Err(e) = &result {
                             info!(%target, "cannot find the target's DC: {e}");
                         }
@@ -199,8 +216,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
             }
         }
-        while let Some(t) = core.poll_transmit() {
-            match send_sock.get(&t.dst.is_ipv4()) {
+        while let Some(t) = self.core.poll_transmit() {
+            match self.send_sock.get(&t.dst.is_ipv4()) {
                 Some(s) => {
                     if let Err(e) = s.send_to(&t.payload, t.dst).await {
                         debug!(dst = %t.dst, "send failed: {e}");
@@ -210,6 +227,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
     }
-    info!("stopping");
-    Ok(())
+
+    fn summary(&mut self) {
+        let d = self.core.drops();
+        let dns = self.authority.stats().malformed.load(std::sync::atomic::Ordering::Relaxed);
+        if d.total() + dns != self.reported {
+            info!(
+                malformed = d.malformed,
+                unauthorized = d.unauthorized,
+                replayed = d.replayed,
+                unexpected = d.unexpected,
+                dns_malformed = dns,
+                "dropped since start"
+            );
+            self.reported = d.total() + dns;
+        }
+    }
 }

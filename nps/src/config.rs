@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use host::config::{Source, Spanned};
 use serde::Deserialize;
-use toml::Spanned;
 
 pub const DEFAULT_LISTEN_HTTP: [&str; 2] = ["0.0.0.0:80", "[::]:80"];
 pub const DEFAULT_RESOLVER: &str = "127.0.0.1:53";
@@ -108,17 +108,14 @@ impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::parse(&text, path)
+        Config::parse(&host::config::read(path)?, path)
     }
 
     /// Parses and validates `text`; `path` names the file in errors, and a relative `cert_dir`
     /// or `access_log` is taken from its directory.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?;
-        Validator { text, path }.config(raw)
+        let src = Source::new(text, path);
+        Validator { src }.config(src.parse()?)
     }
 
     /// The site serving `host` (lowercase, no port, no trailing dot).
@@ -132,16 +129,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    /// The TOML crate's message, which carries the line, the column and the offending key.
-    #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
-    #[error("{path}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-    Invalid { path: PathBuf, line: Option<usize>, key: String, message: String },
-}
+pub use host::config::ConfigError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,18 +172,16 @@ type Span = std::ops::Range<usize>;
 
 /// Turns the raw TOML values into a [`Config`], locating errors in `text`.
 struct Validator<'a> {
-    text: &'a str,
-    path: &'a Path,
+    src: Source<'a>,
 }
 
 impl Validator<'_> {
     fn err(&self, key: &str, span: Option<Span>, message: impl Into<String>) -> ConfigError {
-        let line = span.map(|s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1);
-        ConfigError::Invalid { path: self.path.to_owned(), line, key: key.to_owned(), message: message.into() }
+        self.src.err(key, span, message)
     }
 
     fn relative(&self, p: &Path) -> PathBuf {
-        self.path.parent().unwrap_or(Path::new("")).join(p)
+        self.src.relative(p)
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -260,7 +246,7 @@ impl Validator<'_> {
         for (i, s) in raw.sites.iter().enumerate() {
             let key = |k: &str| format!("sites[{i}].{k}");
             let r = s.get_ref();
-            let fqdn = check_fqdn(r.fqdn.get_ref()).map_err(|m| self.err(&key("fqdn"), Some(r.fqdn.span()), m))?;
+            let fqdn = self.src.fqdn(&key("fqdn"), &r.fqdn)?;
             if sites.iter().any(|o| o.fqdn == fqdn) {
                 return Err(self.err(&key("fqdn"), Some(r.fqdn.span()), format!("{fqdn} is listed twice")));
             }
@@ -284,7 +270,7 @@ impl Validator<'_> {
             });
         }
         if sites.is_empty() {
-            tracing::warn!(config = %self.path.display(), "no [[sites]]: every request will get 404");
+            tracing::warn!(config = %self.src.path().display(), "no [[sites]]: every request will get 404");
         }
         Ok(Config {
             listen_http,
@@ -333,43 +319,13 @@ impl Validator<'_> {
     }
 }
 
-/// Lowercases and checks a DNS name of at least two labels; strips a trailing dot.
-pub fn check_fqdn(name: &str) -> Result<String, String> {
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    if name.len() > 253 {
-        return Err(format!("{name:?} is longer than 253 characters"));
-    }
-    let labels: Vec<&str> = name.split('.').collect();
-    if labels.len() < 2 {
-        return Err(format!("{name:?} is not a fully qualified name (like rpi.home.ntm.test)"));
-    }
-    for label in labels {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return Err(format!("{name:?}: label {label:?} must be 1 to 63 letters, digits or inner hyphens"));
-        }
-    }
-    Ok(name)
-}
-
 /// `ip:port`, `[ip6]:port`, or a bare address that gets `default_port`.
 fn parse_addr(s: &str, default_port: u16, port_zero_ok: bool) -> Result<SocketAddr, String> {
-    let addr = s
-        .parse::<SocketAddr>()
-        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, default_port)))
-        .or_else(|_| {
-            let inner = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).ok_or(())?;
-            inner.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, default_port)).map_err(|_| ())
-        })
-        .map_err(|_| format!("{s:?} is not an address (like 0.0.0.0:80 or [::]:80)"))?;
-    if addr.port() == 0 && !port_zero_ok {
-        return Err(format!("{s:?}: port 0 is not allowed here"));
+    if port_zero_ok {
+        host::config::socket_addr_any_port(s, default_port)
+    } else {
+        host::config::socket_addr(s, default_port)
     }
-    Ok(addr)
 }
 
 /// A byte count: `1048576`, `512KiB`, `100MiB`, `1GiB`, `10MB`, `1 kB` (case-insensitive units).

@@ -7,26 +7,19 @@
 //!
 //! A is asked first, AAAA only when the name has no A record (so one node always gets one VIP,
 //! and one connection pool). Concurrent resolutions of one name share one query. Messages are
-//! encoded and parsed by `hickory-proto`.
+//! sent by the daemons' one DNS client (`host::dns`).
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use host::dns::{Client, ClientError};
+use proto::dns::{RecordType, ResponseCode};
 use tokio::sync::watch;
 
 /// An answer is never kept longer than this, whatever its TTL.
 pub const MAX_CACHE: Duration = Duration::from_secs(1);
-/// First UDP retransmission; doubled after each one.
-const FIRST_RETRY: Duration = Duration::from_millis(1000);
-/// UDP payload size advertised in queries.
-const EDNS_PAYLOAD: u16 = 1232;
 
 /// Why a name could not be resolved, in words a browser user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +81,7 @@ pub type Observer = Arc<dyn Fn(Duration, Result<(), &ResolveError>) + Send + Syn
 /// The resolver client. Cheap to share (`Arc`).
 pub struct Resolver {
     server: SocketAddr,
+    client: Client,
     /// Upper bound of one resolution (queries and retransmissions).
     timeout: Duration,
     slots: Mutex<HashMap<String, Slot>>,
@@ -96,7 +90,8 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(server: SocketAddr, timeout: Duration) -> Resolver {
-        Resolver { server, timeout, slots: Mutex::new(HashMap::new()), observer: None }
+        let client = Client::new(vec![server]).with_timeout(timeout);
+        Resolver { server, client, timeout, slots: Mutex::new(HashMap::new()), observer: None }
     }
 
     pub fn with_observer(mut self, observer: Observer) -> Resolver {
@@ -186,92 +181,22 @@ impl Resolver {
     /// One question: the first address in the answer and its TTL (capped at [`MAX_CACHE`]), or
     /// `None` if the name exists without an address of that type.
     async fn query(&self, fqdn: &str, rtype: RecordType) -> Result<Option<(IpAddr, Duration)>, ResolveError> {
-        let name = Name::from_ascii(format!("{fqdn}."))
-            .map_err(|e| ResolveError::BadAnswer(format!("{fqdn:?} is not a DNS name: {e}")))?;
-        let id: u16 = rand::random();
-        let mut msg = Message::new();
-        msg.set_id(id).set_message_type(MessageType::Query).set_op_code(OpCode::Query).set_recursion_desired(true);
-        msg.add_query(Query::query(name.clone(), rtype));
-        let mut edns = Edns::new();
-        edns.set_max_payload(EDNS_PAYLOAD).set_version(0);
-        msg.set_edns(edns);
-        let bytes = msg.to_vec().map_err(|e| ResolveError::BadAnswer(format!("cannot encode the query: {e}")))?;
-        let io_err = |e: io::Error| ResolveError::Io { server: self.server, error: e.to_string() };
-
-        let mut answer = self.exchange_udp(&bytes, id, &name, rtype).await.map_err(io_err)?;
-        if answer.truncated() {
-            answer = self.exchange_tcp(&bytes, id, &name, rtype).await.map_err(io_err)?;
-        }
-        match answer.response_code() {
+        let answer = self.client.lookup(fqdn, rtype).await.map_err(|e| match e {
+            e if e.timed_out() => ResolveError::Timeout { server: self.server, after: self.timeout },
+            ClientError::BadQuery(e) => ResolveError::BadAnswer(format!("{fqdn:?}: {e}")),
+            e => ResolveError::Io { server: self.server, error: e.to_string() },
+        })?;
+        match answer.rcode {
             ResponseCode::NoError => {}
             ResponseCode::ServFail => return Err(ResolveError::ServFail),
             ResponseCode::NXDomain => return Err(ResolveError::NxDomain),
             ResponseCode::Refused => return Err(ResolveError::Refused),
             other => return Err(ResolveError::Rcode(other.to_string())),
         }
-        let found = answer.answers().iter().find_map(|r| {
-            let addr = match r.data() {
-                Some(RData::A(a)) if rtype == RecordType::A => IpAddr::V4(Ipv4Addr::from(*a)),
-                Some(RData::AAAA(a)) if rtype == RecordType::AAAA => IpAddr::V6(Ipv6Addr::from(*a)),
-                _ => return None,
-            };
-            Some((addr, Duration::from_secs(r.ttl().into()).min(MAX_CACHE)))
-        });
-        Ok(found)
-    }
-
-    async fn exchange_udp(&self, query: &[u8], id: u16, name: &Name, rtype: RecordType) -> io::Result<Message> {
-        let bind: SocketAddr =
-            if self.server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
-        let sock = UdpSocket::bind(bind).await?;
-        sock.connect(self.server).await?;
-        let mut buf = vec![0; 65535];
-        let mut wait = FIRST_RETRY;
-        loop {
-            sock.send(query).await?;
-            let deadline = tokio::time::Instant::now() + wait;
-            loop {
-                let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
-                    Ok(r) => r?,
-                    Err(_) => break,
-                };
-                // Anything that is not the answer (late, spoofed, garbage) is ignored.
-                match check(&buf[..n], id, name, rtype) {
-                    Ok(m) => return Ok(m),
-                    Err(e) => tracing::debug!(server = %self.server, "ignoring DNS datagram: {e}"),
-                }
-            }
-            // Lost, or dropped by an overloaded stub: ask again (a build in progress is shared).
-            wait *= 2;
-        }
-    }
-
-    async fn exchange_tcp(&self, query: &[u8], id: u16, name: &Name, rtype: RecordType) -> io::Result<Message> {
-        let mut stream = TcpStream::connect(self.server).await?;
-        stream.set_nodelay(true)?;
-        let len = u16::try_from(query.len()).map_err(|_| io::Error::other("query too long"))?;
-        let mut framed = Vec::with_capacity(query.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(query);
-        stream.write_all(&framed).await?;
-        let len = stream.read_u16().await?;
-        let mut answer = vec![0; usize::from(len)];
-        stream.read_exact(&mut answer).await?;
-        check(&answer, id, name, rtype).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-}
-
-/// Is `bytes` the answer to our question (id, response bit, same question)?
-fn check(bytes: &[u8], id: u16, name: &Name, rtype: RecordType) -> Result<Message, String> {
-    let m = Message::from_vec(bytes).map_err(|e| e.to_string())?;
-    if m.id() != id || m.message_type() != MessageType::Response {
-        return Err(format!("not our answer (id {})", m.id()));
-    }
-    match m.queries() {
-        // Some servers leave the question out of error answers.
-        [] if m.response_code() != ResponseCode::NoError => Ok(m),
-        // `Name`'s equality ignores case.
-        [q] if q.query_type() == rtype && q.name() == name => Ok(m),
-        qs => Err(format!("answer is for another question ({qs:?})")),
+        let found = answer.addrs_of(fqdn).into_iter().find(|ip| ip.is_ipv4() == (rtype == RecordType::A));
+        Ok(found.map(|addr| {
+            let ttl = answer.addrs.iter().filter(|a| a.addr == addr).map(|a| a.ttl).min().unwrap_or(0);
+            (addr, Duration::from_secs(ttl.into()).min(MAX_CACHE))
+        }))
     }
 }

@@ -49,7 +49,7 @@ fn check_flag_and_bad_config() {
 
     std::fs::write(&path, "listen_http = [\"127.0.0.1:0\"]\n\n[[sites]]\nfqdn = \"a.test\"\nport = 80\n").unwrap();
     let out = nps().args(["--config", path.to_str().unwrap()]).output().unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(host::daemon::EXIT_CONFIG.into()), "a bad configuration exits 2");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nps.toml") && err.contains("line 5") && err.contains("port"), "{err}");
 }

@@ -557,7 +557,7 @@ async fn access_log_and_metrics() {
     let metrics_addr = h.server.local_addrs(Kind::Metrics)[0];
     let (status, headers, text) = get(metrics_addr, "localhost", "/metrics").await;
     assert_eq!(status, 200);
-    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/openmetrics-text"));
     assert!(text.contains("nps_requests_total{site=\"a.test\",class=\"2xx\"} 1\n"), "{text}");
     assert!(text.contains("nps_requests_total{site=\"-\",class=\"4xx\"} 1\n"), "{text}");
     assert!(text.contains("nps_response_bytes_total{site=\"a.test\"} 1000\n"), "{text}");

@@ -2,14 +2,14 @@
 //! validated, with every error naming the file, the key and its line.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use host::config::{ifname, socket_addr, Source, Spanned};
 use ipnet::IpNet;
 use proto::keys::{PublicKey, SecretKey};
 use serde::Deserialize;
-use toml::Spanned;
 
 pub const DEFAULT_PORT: u16 = 7600;
 pub const DEFAULT_DC_PORT: u16 = 7500;
@@ -105,16 +105,7 @@ pub struct TunConfig {
     pub routes: Vec<IpNet>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    /// The TOML crate's message, which carries the line, the column and the offending key.
-    #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
-    #[error("{path}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-    Invalid { path: PathBuf, line: Option<usize>, key: String, message: String },
-}
+pub use host::config::ConfigError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,37 +148,32 @@ impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::parse(&text, path)
+        Config::parse(&host::config::read(path)?, path)
     }
 
     /// Parses and validates `text`; `path` names the file in errors, and relative
     /// `private_key_file` paths are taken from its directory.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?;
-        Validator { text, path }.config(raw)
+        let src = Source::new(text, path);
+        Validator { src }.config(src.parse()?)
     }
 }
 
 /// Turns the raw TOML values into a [`Config`], locating errors in `text`.
 struct Validator<'a> {
-    text: &'a str,
-    path: &'a Path,
+    src: Source<'a>,
 }
 
 impl Validator<'_> {
     fn err(&self, key: &str, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> ConfigError {
-        let line = span.map(|s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1);
-        ConfigError::Invalid { path: self.path.to_owned(), line, key: key.to_owned(), message: message.into() }
+        self.src.err(key, span, message)
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let fqdn = check_fqdn(raw.fqdn.get_ref()).map_err(|m| self.err("fqdn", Some(raw.fqdn.span()), m))?;
-        let private_key = self.private_key(raw.private_key, raw.private_key_file)?;
-        let dc_public_key = PublicKey::from_base64(raw.dc_public_key.get_ref())
-            .map_err(|e| self.err("dc_public_key", Some(raw.dc_public_key.span()), e.to_string()))?;
+        let fqdn = self.src.fqdn("fqdn", &raw.fqdn)?;
+        let private_key =
+            self.src.secret_key("private_key", raw.private_key.as_ref(), raw.private_key_file.as_ref())?;
+        let dc_public_key = self.src.public_key("dc_public_key", &raw.dc_public_key)?;
         let dc = self.addrs("dc", raw.dc.get_ref(), DEFAULT_DC_PORT)?;
         if dc.is_empty() {
             return Err(self.err("dc", Some(raw.dc.span()), "at least one DC address is needed"));
@@ -253,56 +239,21 @@ impl Validator<'_> {
                 } else if bare.contains('*') {
                     Err(format!("{name:?}: `*` is allowed only at the end (like \"wg*\")"))
                 } else {
-                    check_ifname(bare)
+                    ifname(bare)
                 };
                 checked.map(|()| name).map_err(|m| self.err(&format!("{key}[{i}]"), Some(span), m))
             })
             .collect()
     }
 
-    fn private_key(
-        &self,
-        inline: Option<Spanned<String>>,
-        file: Option<Spanned<PathBuf>>,
-    ) -> Result<SecretKey, ConfigError> {
-        match (inline, file) {
-            (Some(k), None) => {
-                SecretKey::from_base64(k.get_ref()).map_err(|e| self.err("private_key", Some(k.span()), e.to_string()))
-            }
-            (None, Some(f)) => {
-                let span = Some(f.span());
-                let file = self.path.parent().unwrap_or(Path::new("")).join(f.get_ref());
-                let text = std::fs::read_to_string(&file).map_err(|e| {
-                    self.err("private_key_file", span.clone(), format!("cannot read {}: {e}", file.display()))
-                })?;
-                warn_if_readable_by_others(&file);
-                SecretKey::from_base64(&text)
-                    .map_err(|e| self.err("private_key_file", span, format!("{}: {e}", file.display())))
-            }
-            (Some(k), Some(_)) => {
-                Err(self.err("private_key", Some(k.span()), "give either private_key or private_key_file, not both"))
-            }
-            (None, None) => Err(self.err(
-                "private_key",
-                None,
-                "missing: give private_key (base64) or private_key_file (generate one with `ntmctl genkey`)",
-            )),
-        }
-    }
-
     fn addrs(&self, key: &str, list: &[Spanned<String>], default_port: u16) -> Result<Vec<SocketAddr>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, s)| {
-                parse_addr(s.get_ref(), default_port).map_err(|m| self.err(&format!("{key}[{i}]"), Some(s.span()), m))
-            })
-            .collect()
+        self.src.addrs(key, list, default_port)
     }
 
     fn dns(&self, raw: RawDns) -> Result<DnsConfig, ConfigError> {
         let listen = match &raw.listen {
             Some(l) => self.addrs("dns.listen", l.get_ref(), 53)?,
-            None => vec![parse_addr(DEFAULT_DNS_LISTEN, 53).expect("default is valid")],
+            None => vec![socket_addr(DEFAULT_DNS_LISTEN, 53).expect("default is valid")],
         };
         let upstream = match &raw.upstream {
             Some(u) => self.addrs("dns.upstream", u.get_ref(), 53)?,
@@ -330,7 +281,7 @@ impl Validator<'_> {
     fn tun(&self, raw: RawTun) -> Result<TunConfig, ConfigError> {
         let name = match raw.name {
             Some(n) => {
-                check_ifname(n.get_ref()).map_err(|m| self.err("tun.name", Some(n.span()), m))?;
+                ifname(n.get_ref()).map_err(|m| self.err("tun.name", Some(n.span()), m))?;
                 n.into_inner()
             }
             None => DEFAULT_TUN_NAME.to_owned(),
@@ -356,70 +307,12 @@ impl Validator<'_> {
     }
 }
 
-/// Lowercases and checks a DNS name of at least two labels; strips a trailing dot.
-fn check_fqdn(name: &str) -> Result<String, String> {
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    if name.len() > 253 {
-        return Err(format!("{name:?} is longer than 253 characters"));
-    }
-    let labels: Vec<&str> = name.split('.').collect();
-    if labels.len() < 2 {
-        return Err(format!("{name:?} is not a fully qualified name (like rpi.home.ntm.test)"));
-    }
-    for label in labels {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return Err(format!("{name:?}: label {label:?} must be 1 to 63 letters, digits or inner hyphens"));
-        }
-    }
-    Ok(name)
-}
-
-fn check_ifname(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!("{name:?} must be 1 to 15 bytes long"));
-    }
-    if name == "." || name == ".." || name.contains(['/', ':']) || name.contains(char::is_whitespace) {
-        return Err(format!("{name:?} is not a valid interface name"));
-    }
-    Ok(())
-}
-
-/// `ip:port`, `[ip6]:port`, or a bare address that gets `default_port`.
-fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
-    let addr = s
-        .parse::<SocketAddr>()
-        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, default_port)))
-        .or_else(|_| {
-            let inner = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).ok_or(())?;
-            inner.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, default_port)).map_err(|_| ())
-        })
-        .map_err(|_| format!("{s:?} is not an address (like 198.18.0.53:53 or [2001:db8::53]:53)"))?;
-    if addr.port() == 0 {
-        return Err(format!("{s:?}: port 0 is not allowed here"));
-    }
-    Ok(addr)
-}
-
 fn parse_route(s: &str) -> Result<IpNet, String> {
     let net: IpNet = s.parse().map_err(|_| format!("{s:?} is not a prefix (like 100.64.0.0/10)"))?;
     if net.trunc() != net {
         return Err(format!("{s:?} has host bits set; did you mean {}?", net.trunc()));
     }
     Ok(net)
-}
-
-fn warn_if_readable_by_others(file: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(file) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(file = %file.display(), "private key file is accessible by group or others; chmod 600 it");
-        }
-    }
 }
 
 #[cfg(test)]
@@ -498,6 +391,8 @@ mod tests {
     fn private_key_file_is_read_relative_to_config() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("node.key"), format!("{KEY}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("node.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let text = minimal("").replace(&format!("private_key = \"{KEY}\""), "private_key_file = \"node.key\"");
         let c = Config::parse(&text, &dir.path().join("ntmd.toml")).unwrap();
         assert_eq!(c.private_key.to_base64(), KEY);
@@ -565,9 +460,9 @@ mod tests {
 
     #[test]
     fn addresses_accept_bare_ips() {
-        assert_eq!(parse_addr("198.18.0.53", 53).unwrap(), "198.18.0.53:53".parse().unwrap());
-        assert_eq!(parse_addr("2001:db8::53", 53).unwrap(), "[2001:db8::53]:53".parse().unwrap());
-        assert_eq!(parse_addr("[2001:db8::53]", 53).unwrap(), "[2001:db8::53]:53".parse().unwrap());
-        assert!(parse_addr("1.2.3.4:0", 53).is_err());
+        assert_eq!(socket_addr("198.18.0.53", 53).unwrap(), "198.18.0.53:53".parse().unwrap());
+        assert_eq!(socket_addr("2001:db8::53", 53).unwrap(), "[2001:db8::53]:53".parse().unwrap());
+        assert_eq!(socket_addr("[2001:db8::53]", 53).unwrap(), "[2001:db8::53]:53".parse().unwrap());
+        assert!(socket_addr("1.2.3.4:0", 53).is_err());
     }
 }

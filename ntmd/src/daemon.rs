@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use proto::exchange::Now;
@@ -18,15 +18,19 @@ use crate::config::Dataplane as DataplaneKind;
 use crate::control::{self, ControlHandle};
 use crate::dataplane::kernel::Kernel;
 use crate::dataplane::{userspace::Userspace, Dataplane, DpEvent};
-use crate::dnsstub::{DnsStub, NtmNames, NtmZoneCache, Upstream};
+use crate::dnsstub::{DnsStub, NtmNames, NtmZoneCache};
 use crate::link::Link;
 use crate::sockets::Sockets;
 use crate::status::{self, DestroyReason, Event, PathKind, PeerState, PeerStatus, Status, TunnelStatus};
 use crate::tun::Tun;
-use proto::metrics::{Histogram, Page};
+use host::dns::Client;
+use host::driver::{self, now, Core, Options};
+use host::metrics::{self, Histogram, Page, Unit};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 
-/// How often a summary of dropped input is logged (when it changed).
-const DROP_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// Upper bounds (seconds) of the tunnel build latency histogram.
+const BUILD_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0];
 
 /// How long a resolution waits for its tunnel.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,8 +45,13 @@ enum Cmd {
     LocalAddrs(Vec<SocketAddr>),
 }
 
+/// What the core task is fed.
+enum Input {
+    Dataplane(DpEvent),
+    Cmd(Cmd),
+}
+
 /// What the daemon counts for its metrics.
-#[derive(Default)]
 struct Counters {
     built: u64,
     destroyed: [u64; 4],
@@ -53,9 +62,17 @@ struct Counters {
     build_started: HashMap<String, Instant>,
 }
 
-fn now() -> Now {
-    let unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-    Now { mono: Instant::now(), unix_us }
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            built: 0,
+            destroyed: [0; 4],
+            build_failed: 0,
+            misses: 0,
+            build_latency: metrics::histogram(&BUILD_BUCKETS),
+            build_started: HashMap::new(),
+        }
+    }
 }
 
 /// The stub resolver's view of the daemon.
@@ -94,12 +111,14 @@ struct Daemon {
     /// The VIPs on the device (to set them only when they change).
     device_vips: Vips,
     counters: Counters,
+    /// Drops (signaling, data) at the last summary.
+    reported: (u64, u64),
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let sockets = Arc::new(Sockets::bind(cfg.port).context("binding the node's UDP port")?);
     let port = sockets.port().unwrap_or(cfg.port);
-    let (dp_tx, mut dp_rx) = mpsc::channel::<DpEvent>(1024);
+    let (dp_tx, dp_rx) = mpsc::channel::<DpEvent>(1024);
     let kernel = match cfg.dataplane {
         DataplaneKind::Kernel => true,
         DataplaneKind::Userspace => false,
@@ -117,7 +136,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     link.add_routes(&cfg.tun.routes).context("routing the VIP ranges to the virtual device")?;
     info!(fqdn = %cfg.fqdn, port, dev = %link.name, dataplane = dataplane.name(), "starting");
 
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(256);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(256);
     let (events, _) = broadcast::channel::<Event>(1024);
 
     // Control socket.
@@ -146,10 +165,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if !cfg.dns.listen.is_empty() {
         let names = Arc::new(Names {
             own: cfg.fqdn.clone(),
-            zones: NtmZoneCache::new(Upstream::new(cfg.dns.upstream.clone())),
+            zones: NtmZoneCache::new(Client::new(cfg.dns.upstream.clone())),
             cmds: cmd_tx.clone(),
         });
-        let stub = DnsStub::bind(&cfg.dns.listen, Upstream::new(cfg.dns.upstream.clone()), names)
+        let stub = DnsStub::bind(&cfg.dns.listen, Client::new(cfg.dns.upstream.clone()), names)
             .await
             .context("binding the stub resolver")?;
         info!(listen = ?stub.local_addrs(), "stub resolver");
@@ -162,16 +181,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Metrics.
     if let Some(addr) = cfg.metrics_listen {
+        let server = metrics::Server::bind(addr).await?;
         let cmd_tx = cmd_tx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = proto::metrics::serve(addr, cmd_tx, Cmd::Metrics).await {
-                warn!(%addr, "metrics: {e}");
+        tokio::spawn(server.run(move || {
+            let cmd_tx = cmd_tx.clone();
+            async move {
+                let (reply, page) = oneshot::channel();
+                cmd_tx.send(Cmd::Metrics(reply)).await.ok()?;
+                page.await.ok()
             }
-        });
+        }));
     }
 
     // Own addresses.
-    let (addr_tx, mut addr_rx) = mpsc::channel(4);
+    let (addr_tx, addr_rx) = mpsc::channel(4);
     tokio::spawn(crate::addrs::watch(port, cfg.tun.name.clone(), cfg.interfaces.clone(), addr_tx));
 
     let core = NodeCore::new(NodeConfig {
@@ -190,39 +213,53 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         waiters: HashMap::new(),
         device_vips: (None, None),
         counters: Counters::default(),
+        reported: (0, 0),
     };
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut summary = tokio::time::interval(DROP_SUMMARY_EVERY);
-    let mut reported = (0u64, 0u64);
-    loop {
-        let deadline = d.core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            ev = dp_rx.recv() => match ev {
-                Some(ev) => d.on_dataplane(ev),
-                None => break,
-            },
-            cmd = cmd_rx.recv() => match cmd {
-                Some(cmd) => d.on_cmd(cmd),
-                None => break,
-            },
-            addrs = addr_rx.recv() => if let Some(a) = addrs { d.on_cmd(Cmd::LocalAddrs(a)) },
-            _ = tokio::time::sleep_until(deadline.into()) => d.core.handle_timeout(now()),
-            _ = summary.tick() => {
-                let (sig, data) = (d.core.drops(), d.dataplane.orphan_drops());
-                if (sig.total(), data) != reported {
-                    info!(malformed = sig.malformed, unauthorized = sig.unauthorized, replayed = sig.replayed,
-                        unexpected = sig.unexpected, data_without_tunnel = data, "dropped since start");
-                    reported = (sig.total(), data);
-                }
-            }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-        }
-        d.drain().await;
-    }
-    info!("stopping");
+    let inputs = ReceiverStream::new(dp_rx)
+        .map(Input::Dataplane)
+        .merge(ReceiverStream::new(cmd_rx).map(Input::Cmd))
+        .merge(ReceiverStream::new(addr_rx).map(|a| Input::Cmd(Cmd::LocalAddrs(a))));
+    driver::run(&mut d, inputs, Options::default()).await?;
     let _ = std::fs::remove_file(&d.cfg.control_socket);
     Ok(())
+}
+
+impl Core for Daemon {
+    type Input = Input;
+
+    fn input(&mut self, input: Input, _now: Now) {
+        match input {
+            Input::Dataplane(ev) => self.on_dataplane(ev),
+            Input::Cmd(cmd) => self.on_cmd(cmd),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    fn timeout(&mut self, now: Now) {
+        self.core.handle_timeout(now)
+    }
+
+    async fn flush(&mut self) {
+        self.drain().await
+    }
+
+    fn summary(&mut self) {
+        let (sig, data) = (self.core.drops(), self.dataplane.orphan_drops());
+        if (sig.total(), data) != self.reported {
+            info!(
+                malformed = sig.malformed,
+                unauthorized = sig.unauthorized,
+                replayed = sig.replayed,
+                unexpected = sig.unexpected,
+                data_without_tunnel = data,
+                "dropped since start"
+            );
+            self.reported = (sig.total(), data);
+        }
+    }
 }
 
 impl Daemon {
@@ -331,7 +368,7 @@ impl Daemon {
             NodeEvent::TunnelUp(spec) => {
                 self.counters.built += 1;
                 if let Some(t0) = self.counters.build_started.remove(&spec.fqdn) {
-                    self.counters.build_latency.observe(t0.elapsed());
+                    self.counters.build_latency.observe(t0.elapsed().as_secs_f64());
                 }
                 if let Err(e) = self.dataplane.install(&spec) {
                     // The data plane has no tunnel: the peer is not built, and the next lookup
@@ -378,17 +415,15 @@ impl Daemon {
 
     fn metrics(&self) -> String {
         let c = &self.counters;
-        let mut p = Page::default();
-        p.single(
+        let mut p = Page::new("ntmd");
+        p.gauge(
             "ntm_registered",
-            "gauge",
             "1 while the node is registered with its DC.",
-            self.core.registration().is_some() as u64,
+            i64::from(self.core.registration().is_some()),
         );
-        let count = |st: CorePeerState| self.core.peers().filter(|p| p.state == st).count() as u64;
-        p.labeled(
+        let count = |st: CorePeerState| self.core.peers().filter(|p| p.state == st).count() as i64;
+        p.gauges(
             "ntm_peers",
-            "gauge",
             "Peers in the node table by state.",
             "state",
             [
@@ -398,52 +433,43 @@ impl Daemon {
             ],
         );
         let tunnels = self.dataplane.tunnels();
-        p.single("ntm_tunnels", "gauge", "Tunnels in the data plane.", tunnels.len() as u64);
-        p.single("ntm_tunnels_built_total", "counter", "Tunnels built.", c.built);
-        p.labeled(
+        p.gauge("ntm_tunnels", "Tunnels in the data plane.", tunnels.len() as i64);
+        p.counter("ntm_tunnels_built_total", "Tunnels built.", c.built);
+        p.counters(
             "ntm_tunnels_destroyed_total",
-            "counter",
             "Tunnels destroyed, by reason.",
             "reason",
             [DestroyReason::Idle, DestroyReason::Deleted, DestroyReason::DeviceDown, DestroyReason::Error]
                 .into_iter()
                 .map(|r| (status::reason_str(r), c.destroyed[reason_index(r)])),
         );
-        p.single("ntm_tunnel_build_failures_total", "counter", "Tunnel builds that failed.", c.build_failed);
-        p.single("ntm_tunnel_misses_total", "counter", "Packets for a VIP without a tunnel (rate limited).", c.misses);
-        p.histogram(
-            "ntm_tunnel_build_seconds",
+        p.counter("ntm_tunnel_build_failures_total", "Tunnel builds that failed.", c.build_failed);
+        p.counter("ntm_tunnel_misses_total", "Packets for a VIP without a tunnel (rate limited).", c.misses);
+        p.register(
+            "ntm_tunnel_build",
             "From the first request for a peer to its tunnel up.",
-            &c.build_latency,
+            Some(Unit::Seconds),
+            c.build_latency.clone(),
         );
         let bytes = |f: fn(&crate::dataplane::TunnelInfo) -> u64| {
-            tunnels.iter().map(move |t| (t.fqdn.as_str(), f(t))).collect::<Vec<_>>()
+            tunnels.iter().map(move |t| (t.fqdn.clone(), f(t))).collect::<Vec<_>>()
         };
-        p.labeled(
-            "ntm_tunnel_tx_bytes",
-            "counter",
-            "Bytes sent into each live tunnel.",
-            "peer",
-            bytes(|t| t.counters.tx_bytes),
-        );
-        p.labeled(
+        p.counters("ntm_tunnel_tx_bytes", "Bytes sent into each live tunnel.", "peer", bytes(|t| t.counters.tx_bytes));
+        p.counters(
             "ntm_tunnel_rx_bytes",
-            "counter",
             "Bytes received from each live tunnel.",
             "peer",
             bytes(|t| t.counters.rx_bytes),
         );
-        p.labeled(
+        p.counters(
             "ntm_tunnel_rx_dropped",
-            "counter",
             "Packets dropped on each live tunnel.",
             "peer",
             bytes(|t| t.counters.rx_dropped),
         );
         let d = self.core.drops();
-        p.labeled(
+        p.counters(
             "ntm_signaling_dropped_total",
-            "counter",
             "Signaling datagrams dropped, by cause.",
             "cause",
             [
@@ -453,13 +479,8 @@ impl Daemon {
                 ("unexpected", d.unexpected),
             ],
         );
-        p.single(
-            "ntm_data_dropped_total",
-            "counter",
-            "Data packets that matched no tunnel.",
-            self.dataplane.orphan_drops(),
-        );
-        p.finish()
+        p.counter("ntm_data_dropped_total", "Data packets that matched no tunnel.", self.dataplane.orphan_drops());
+        p.encode()
     }
 
     fn status(&self) -> Status {

@@ -1,4 +1,4 @@
-//! The stub resolver (design decision 6): A/AAAA/ANY queries for NTM names are answered with the
+//! The stub resolver (docs/architecture.md, the flow of a name lookup): A/AAAA/ANY queries for NTM names are answered with the
 //! peer's VIPs (the daemon builds the tunnel meanwhile); every other query is forwarded verbatim
 //! to the upstream resolvers and the answer relayed.
 
@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use proto::dns::{parents, parse_response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use host::dns::{read_tcp_message, write_tcp_message, Client};
+use proto::dns::parents;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 
-/// How long each upstream resolver gets to answer.
-pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// TTL of the VIP answers: the tunnel behind a VIP may go away at any time.
 pub const NTM_TTL: u32 = 1;
 /// How long a zone is remembered as an NTM zone, and as not one.
@@ -43,140 +41,6 @@ pub trait NtmNames: Send + Sync + 'static {
     fn is_ntm(&self, fqdn: &str) -> impl Future<Output = bool> + Send;
     /// The peer's VIPs, after (or while) building the tunnel to it.
     fn resolve(&self, fqdn: &str) -> impl Future<Output = Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), String>> + Send;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("no upstream resolver is configured")]
-    NoServers,
-    #[error("no upstream resolver answered ({0})")]
-    NoAnswer(String),
-    #[error("query to forward is malformed: {0}")]
-    BadQuery(String),
-}
-
-/// The upstream resolvers, tried in order, each with a timeout.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    servers: Vec<SocketAddr>,
-    timeout: Duration,
-}
-
-impl Upstream {
-    pub fn new(servers: Vec<SocketAddr>) -> Upstream {
-        Upstream { servers, timeout: UPSTREAM_TIMEOUT }
-    }
-
-    /// Replaces the per-server timeout ([`UPSTREAM_TIMEOUT`] by default).
-    pub fn with_timeout(mut self, timeout: Duration) -> Upstream {
-        self.timeout = timeout;
-        self
-    }
-
-    pub fn servers(&self) -> &[SocketAddr] {
-        &self.servers
-    }
-
-    /// Sends `query` to each server in turn until one answers: over UDP (then TCP if the answer
-    /// is truncated), or over TCP only if `tcp`. The query goes out under a fresh random id;
-    /// the answer comes back with the query's own id.
-    pub async fn exchange(&self, query: &[u8], tcp: bool) -> Result<Vec<u8>, UpstreamError> {
-        if self.servers.is_empty() {
-            return Err(UpstreamError::NoServers);
-        }
-        let msg = Message::from_vec(query).map_err(|e| UpstreamError::BadQuery(e.to_string()))?;
-        let question = msg.query().map(|q| (normalize(q.name()), q.query_type()));
-        let mut failures = Vec::new();
-        for &server in &self.servers {
-            let id: u16 = rand::random();
-            let mut q = query.to_vec();
-            q[..2].copy_from_slice(&id.to_be_bytes());
-            let check = |r: &[u8]| check_response(r, id, &question);
-            let attempt = async {
-                if !tcp {
-                    let answer = exchange_udp(server, &q, check).await?;
-                    if !is_truncated(&answer) {
-                        return Ok(answer);
-                    }
-                    tracing::debug!(%server, "truncated answer, retrying over TCP");
-                }
-                exchange_tcp(server, &q, check).await
-            };
-            match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok(mut answer)) => {
-                    answer[..2].copy_from_slice(&msg.id().to_be_bytes());
-                    return Ok(answer);
-                }
-                Ok(Err(e)) => failures.push(format!("{server}: {e}")),
-                Err(_) => failures.push(format!("{server}: timed out")),
-            }
-        }
-        Err(UpstreamError::NoAnswer(failures.join("; ")))
-    }
-}
-
-/// Is `r` the answer to our query (id, response bit, same question)?
-fn check_response(r: &[u8], id: u16, question: &Option<(String, RecordType)>) -> Result<(), String> {
-    let answer = parse_response(r, id).map_err(|e| e.to_string())?;
-    match (&answer.question, question) {
-        // Some servers leave the question out of error answers.
-        (None, _) if answer.rcode != ResponseCode::NoError => Ok(()),
-        (a, q) if a == q => Ok(()),
-        (a, _) => Err(format!("answer is for another question ({a:?})")),
-    }
-}
-
-fn is_truncated(msg: &[u8]) -> bool {
-    msg.len() > 2 && msg[2] & 0x02 != 0
-}
-
-async fn exchange_udp(
-    server: SocketAddr,
-    query: &[u8],
-    check: impl Fn(&[u8]) -> Result<(), String>,
-) -> io::Result<Vec<u8>> {
-    let bind: SocketAddr =
-        if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
-    let sock = UdpSocket::bind(bind).await?;
-    sock.connect(server).await?;
-    sock.send(query).await?;
-    let mut buf = vec![0; 65535];
-    loop {
-        let n = sock.recv(&mut buf).await?;
-        // Anything that is not the answer (late, spoofed, garbage) is ignored; the timeout ends the wait.
-        match check(&buf[..n]) {
-            Ok(()) => return Ok(buf[..n].to_vec()),
-            Err(e) => tracing::debug!(%server, "ignoring UDP datagram: {e}"),
-        }
-    }
-}
-
-async fn exchange_tcp(
-    server: SocketAddr,
-    query: &[u8],
-    check: impl Fn(&[u8]) -> Result<(), String>,
-) -> io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(server).await?;
-    write_tcp_message(&mut stream, query).await?;
-    let answer = read_tcp_message(&mut stream).await?;
-    check(&answer).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok(answer)
-}
-
-async fn write_tcp_message(stream: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
-    let len =
-        u16::try_from(msg.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "DNS message too long"))?;
-    let mut framed = Vec::with_capacity(msg.len() + 2);
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(msg);
-    stream.write_all(&framed).await
-}
-
-async fn read_tcp_message(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let len = stream.read_u16().await?;
-    let mut msg = vec![0; usize::from(len)];
-    stream.read_exact(&mut msg).await?;
-    Ok(msg)
 }
 
 /// Lowercase, without the trailing dot.
@@ -207,7 +71,7 @@ pub struct DnsStub<N> {
 
 struct Inner<N> {
     names: Arc<N>,
-    upstream: Upstream,
+    upstream: Client,
     stats: Arc<StubStats>,
     inflight: Arc<Semaphore>,
     /// When a malformed query was last logged, and how many went unlogged since.
@@ -216,7 +80,7 @@ struct Inner<N> {
 
 impl<N: NtmNames> DnsStub<N> {
     /// Binds UDP and TCP on each `listen` address (with port 0, TCP takes UDP's port).
-    pub async fn bind(listen: &[SocketAddr], upstream: Upstream, names: Arc<N>) -> io::Result<DnsStub<N>> {
+    pub async fn bind(listen: &[SocketAddr], upstream: Client, names: Arc<N>) -> io::Result<DnsStub<N>> {
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for &addr in listen {
@@ -399,7 +263,7 @@ impl<N: NtmNames> Inner<N> {
     /// Relays the upstream answer to `bytes`, or SERVFAIL if no upstream answered.
     async fn forward(&self, bytes: &[u8], msg: &Message, tcp: bool) -> Option<Vec<u8>> {
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        match self.upstream.exchange(bytes, tcp).await {
+        match self.upstream.forward(bytes, tcp).await {
             Ok(answer) if !tcp && answer.len() > usize::from(msg.max_payload()) => {
                 // Fetched over TCP after a truncated UDP answer, too big for the client's UDP:
                 // tell it to come back over TCP.
@@ -441,7 +305,7 @@ fn encode(msg: &Message) -> Option<Vec<u8>> {
 /// an SRV record `_ntm._udp.<parent>`. Results are cached per parent (positive 300 s, negative
 /// 30 s), and concurrent lookups of one parent share one query.
 pub struct NtmZoneCache {
-    upstream: Upstream,
+    upstream: Client,
     zones: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
 }
 
@@ -455,7 +319,7 @@ struct Cached {
 const ZONE_CACHE_PURGE_AT: usize = 1024;
 
 impl NtmZoneCache {
-    pub fn new(upstream: Upstream) -> NtmZoneCache {
+    pub fn new(upstream: Client) -> NtmZoneCache {
         NtmZoneCache { upstream, zones: Mutex::default() }
     }
 
@@ -504,10 +368,8 @@ impl NtmZoneCache {
     }
 
     async fn lookup(&self, zone: &str) -> Result<bool, String> {
-        let id: u16 = rand::random();
-        let query = proto::dns::query(id, &format!("_ntm._udp.{zone}"), RecordType::SRV).map_err(|e| e.to_string())?;
-        let answer = self.upstream.exchange(&query, false).await.map_err(|e| e.to_string())?;
-        let answer = parse_response(&answer, id).map_err(|e| e.to_string())?;
+        let answer =
+            self.upstream.lookup(&format!("_ntm._udp.{zone}"), RecordType::SRV).await.map_err(|e| e.to_string())?;
         match answer.rcode {
             ResponseCode::NoError => Ok(!answer.srv.is_empty()),
             ResponseCode::NXDomain => Ok(false),
@@ -522,6 +384,7 @@ mod tests {
     use hickory_proto::op::Query;
     use hickory_proto::rr::rdata::SRV;
     use std::str::FromStr;
+    use tokio::net::TcpStream;
 
     /// A query the fake upstream received: name, type, over TCP, id.
     type Seen = (String, RecordType, bool, u16);
@@ -645,11 +508,10 @@ mod tests {
 
     async fn setup() -> Setup {
         let upstream = FakeUpstream::start(Duration::ZERO).await;
-        let names = FakeNames { zones: NtmZoneCache::new(Upstream::new(vec![upstream.addr])) };
-        let stub =
-            DnsStub::bind(&["127.0.0.1:0".parse().unwrap()], Upstream::new(vec![upstream.addr]), Arc::new(names))
-                .await
-                .unwrap();
+        let names = FakeNames { zones: NtmZoneCache::new(Client::new(vec![upstream.addr])) };
+        let stub = DnsStub::bind(&["127.0.0.1:0".parse().unwrap()], Client::new(vec![upstream.addr]), Arc::new(names))
+            .await
+            .unwrap();
         let addr = stub.local_addrs()[0];
         let stats = stub.stats();
         tokio::spawn(stub.run());
@@ -783,8 +645,8 @@ mod tests {
         // Upstreams that never answer: each gets its timeout, then SERVFAIL.
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let dead = vec![silent.local_addr().unwrap(), silent.local_addr().unwrap()];
-        let names = FakeNames { zones: NtmZoneCache::new(Upstream::new(dead.clone())) };
-        let upstream = Upstream::new(dead).with_timeout(Duration::from_millis(200));
+        let names = FakeNames { zones: NtmZoneCache::new(Client::new(dead.clone())) };
+        let upstream = Client::new(dead).with_timeout(Duration::from_millis(200));
         let stub = DnsStub::bind(&["127.0.0.1:0".parse().unwrap()], upstream.clone(), Arc::new(names)).await.unwrap();
         let addr = stub.local_addrs()[0];
         tokio::spawn(stub.run());
@@ -793,8 +655,8 @@ mod tests {
         let r = ask_udp(addr, &query(21, "localhost.", RecordType::A, false)).await.unwrap();
         assert_eq!((r.id(), r.response_code()), (21, ResponseCode::ServFail));
         assert!(t.elapsed() >= Duration::from_millis(400), "both upstreams tried");
-        let e = upstream.exchange(&query(1, "x.", RecordType::A, false), false).await.unwrap_err();
-        assert!(e.to_string().contains("timed out"), "{e}");
+        let e = upstream.forward(&query(1, "x.", RecordType::A, false), false).await.unwrap_err();
+        assert!(e.timed_out(), "{e}");
     }
 
     #[tokio::test]
@@ -832,7 +694,7 @@ mod tests {
     #[tokio::test]
     async fn zone_cache_caches_and_deduplicates() {
         let upstream = FakeUpstream::start(Duration::from_millis(100)).await;
-        let cache = Arc::new(NtmZoneCache::new(Upstream::new(vec![upstream.addr])));
+        let cache = Arc::new(NtmZoneCache::new(Client::new(vec![upstream.addr])));
         let checks: Vec<_> = (0..8)
             .map(|i| {
                 let cache = cache.clone();
@@ -857,16 +719,16 @@ mod tests {
     #[tokio::test]
     async fn upstream_ids_are_fresh_and_restored() {
         let upstream = FakeUpstream::start(Duration::ZERO).await;
-        let up = Upstream::new(vec![upstream.addr]);
-        let a = up.exchange(&query(0xbeef, "www.example.test.", RecordType::A, false), false).await.unwrap();
+        let up = Client::new(vec![upstream.addr]);
+        let a = up.forward(&query(0xbeef, "www.example.test.", RecordType::A, false), false).await.unwrap();
         assert_eq!(u16::from_be_bytes([a[0], a[1]]), 0xbeef);
         let sent_id = upstream.seen()[0].3;
         // A fresh random id went upstream (1 in 65536 that it equals the client's).
-        let b = up.exchange(&query(0xbeef, "www.example.test.", RecordType::A, false), true).await.unwrap();
+        let b = up.forward(&query(0xbeef, "www.example.test.", RecordType::A, false), true).await.unwrap();
         assert_eq!(u16::from_be_bytes([b[0], b[1]]), 0xbeef);
         assert!(sent_id != 0xbeef || upstream.seen()[1].3 != 0xbeef);
         // A slow answer beyond the timeout is not waited for.
         let fast = up.clone().with_timeout(Duration::from_millis(100));
-        assert!(fast.exchange(&query(1, "slow.example.test.", RecordType::A, false), false).await.is_err());
+        assert!(fast.forward(&query(1, "slow.example.test.", RecordType::A, false), false).await.is_err());
     }
 }

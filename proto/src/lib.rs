@@ -7,7 +7,6 @@ pub mod dc;
 pub mod dns;
 pub mod exchange;
 pub mod keys;
-pub mod metrics;
 pub mod msg;
 pub mod netlink;
 pub mod node;

@@ -1,7 +1,7 @@
 //! The kernel data plane: `ntm.ko` does encapsulation, the tunnel table and idle expiry; this
 //! backend creates its device, hands it the node's UDP sockets, installs and removes tunnels over
-//! the `ntm` generic netlink family, and turns the family's events into data-plane events. As
-//! DESIGN decision 5 says: subscribe to `events`, then dump, then apply; re-dump on an overrun.
+//! the `ntm` generic netlink family, and turns the family's events into data-plane events. It
+//! subscribes to `events` first, then dumps, then applies; after an overrun it dumps again.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};

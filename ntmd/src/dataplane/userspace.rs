@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use host::loglimit::LogLimiter;
 use proto::node::TunnelSpec;
 use proto::tunnel::{EncapError, Reason, TunnelTable};
 use proto::wire;
@@ -166,33 +167,11 @@ impl Dataplane for Userspace {
     }
 }
 
-/// A log line at most every `LOG_EVERY`, with the count of what it stands for.
-struct RateLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLog {
-    fn new() -> Self {
-        Self { last: None, suppressed: 0 }
-    }
-    fn hit(&mut self, f: impl FnOnce(u64)) {
-        let now = Instant::now();
-        if self.last.is_none_or(|l| now.duration_since(l) >= LOG_EVERY) {
-            f(self.suppressed);
-            self.last = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
 async fn tun_reader(tun: Arc<Tun>, sockets: Arc<Sockets>, shared: Arc<Shared>, events: mpsc::Sender<DpEvent>) {
     let mut buf = vec![0u8; 65536];
     let mut out = Vec::with_capacity(65536 + wire::DATA_OVERHEAD);
     let mut misses: HashMap<IpAddr, Instant> = HashMap::new();
-    let mut log = RateLog::new();
+    let log = LogLimiter::new(LOG_EVERY);
     loop {
         let n = match tun.recv(&mut buf).await {
             Ok(n) => n,
@@ -230,7 +209,7 @@ async fn tun_reader(tun: Arc<Tun>, sockets: Arc<Sockets>, shared: Arc<Shared>, e
 
 async fn udp_reader(sock: Arc<UdpSocket>, tun: Arc<Tun>, shared: Arc<Shared>, events: mpsc::Sender<DpEvent>) {
     let mut buf = vec![0u8; 65536];
-    let mut log = RateLog::new();
+    let log = LogLimiter::new(LOG_EVERY);
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
