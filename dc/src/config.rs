@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use host::config::{Source, Spanned};
+use host::config::{Load, Source, Spanned};
 use ipnet::{Ipv4Net, Ipv6Net};
 use proto::keys::{PublicKey, SecretKey};
 use proto::registry::Pools;
@@ -124,16 +124,8 @@ struct RawPeer {
     public_key: Spanned<String>,
 }
 
-impl Config {
-    /// Reads and validates the file at `path`.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
-        let path = path.as_ref();
-        Self::parse(&host::config::read(path)?, path)
-    }
-
-    /// Parses and validates `text`; `path` names the file in errors and anchors a relative
-    /// `private_key_file`.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+impl Load for Config {
+    fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let src = Source::new(text, path);
         let raw: RawConfig = src.parse()?;
         let invalid = |span: Option<Range<usize>>, key: &str, msg: String| src.err(key, span, msg);
@@ -260,7 +252,9 @@ impl Config {
             peers,
         })
     }
+}
 
+impl Config {
     /// The VIP pools, as the registry takes them.
     pub fn pools(&self) -> Pools {
         Pools { v4: self.pools.ipv4, v6: self.pools.ipv6 }

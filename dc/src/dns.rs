@@ -446,6 +446,7 @@ async fn serve_conn(
 pub(crate) mod tests {
     use super::*;
     use hickory_proto::op::Query;
+    use host::config::Load as _;
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::path::Path;
 

@@ -1,8 +1,7 @@
 //! `dc`: the NTM Direction Coordinator.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use host::config::ConfigError;
 use host::daemon::Daemon;
 use ntm_dc::config::Config;
 
@@ -12,10 +11,6 @@ impl Daemon for Dc {
     const NAME: &'static str = "dc";
     const ABOUT: &'static str = "NTM Direction Coordinator: VIPs, node registry, DNS, tunnel direction";
     type Config = Config;
-
-    fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::load(path)
-    }
 
     fn check(config: &Config) -> anyhow::Result<String> {
         Ok(format!("zone {}, {} nodes, {} peers", config.zone, config.nodes.len(), config.peers.len()))

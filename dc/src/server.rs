@@ -47,17 +47,7 @@ fn metrics(core: &DcCore<SqliteRegistry>, authority: &Authority) -> String {
     );
     p.counter("ntm_dc_directions_remote_total", "Directions that asked another zone's DC.", c.directions_remote);
     let d = core.drops();
-    p.counters(
-        "ntm_dc_signaling_dropped_total",
-        "Signaling datagrams dropped, by cause.",
-        "cause",
-        [
-            ("malformed", d.malformed),
-            ("unauthorized", d.unauthorized),
-            ("replayed", d.replayed),
-            ("unexpected", d.unexpected),
-        ],
-    );
+    p.counters("ntm_dc_signaling_dropped_total", "Signaling datagrams dropped, by cause.", "cause", d.by_cause());
     let s = authority.stats();
     p.counter("ntm_dc_dns_queries_total", "DNS queries answered.", s.queries.load(Relaxed));
     p.counter("ntm_dc_dns_nxdomain_total", "DNS queries answered NXDOMAIN.", s.nxdomain.load(Relaxed));

@@ -2,6 +2,7 @@
 //! any text gives a configuration or an error, never a panic; an error that names a line names
 //! one of the text's lines.
 #![no_main]
+use host::config::Load as _;
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 

@@ -1,6 +1,7 @@
 //! Arbitrary queries at the DC's authoritative DNS: an answer or nothing, never a panic; what it
 //! answers parses.
 #![no_main]
+use host::config::Load as _;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;

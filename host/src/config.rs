@@ -49,6 +49,19 @@ pub enum ConfigError {
     },
 }
 
+/// A configuration that can be parsed from its TOML text.
+pub trait Load: Sized {
+    /// Parses and validates `text`; `path` names the file in errors and anchors relative
+    /// paths found in it.
+    fn parse(text: &str, path: &Path) -> Result<Self, ConfigError>;
+
+    /// Reads and validates the file at `path`.
+    fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        Self::parse(&read(path)?, path)
+    }
+}
+
 /// Reads the file at `path`.
 pub fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })

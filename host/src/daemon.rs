@@ -15,12 +15,12 @@
 
 use std::future::Future;
 use std::io::IsTerminal as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 
-use crate::config::ConfigError;
+use crate::config::Load;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -37,14 +37,13 @@ pub trait Daemon {
     /// One line for `--help`.
     const ABOUT: &'static str;
     /// The validated configuration.
-    type Config;
-
-    /// Reads and validates the configuration file.
-    fn load(path: &Path) -> Result<Self::Config, ConfigError>;
+    type Config: Load;
 
     /// What `--check` verifies beyond the file itself (certificates, say); returns a summary
     /// for the `OK` line.
-    fn check(config: &Self::Config) -> anyhow::Result<String>;
+    fn check(_config: &Self::Config) -> anyhow::Result<String> {
+        Ok(String::new())
+    }
 
     /// Runs the daemon until it is told to stop.
     fn run(path: PathBuf, config: Self::Config) -> impl Future<Output = anyhow::Result<()>>;
@@ -92,7 +91,7 @@ pub fn main<D: Daemon>() -> ExitCode {
     };
     init_logging(args.log_format);
     let path = args.config.unwrap_or_else(|| PathBuf::from(format!("/etc/ntm/{}.toml", D::NAME)));
-    let config = match D::load(&path) {
+    let config = match D::Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", D::NAME);

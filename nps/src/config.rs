@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use host::config::{Source, Spanned};
+use host::config::{Load, Source, Spanned};
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN_HTTP: [&str; 2] = ["0.0.0.0:80", "[::]:80"];
@@ -104,20 +104,14 @@ impl fmt::Display for TlsMode {
     }
 }
 
-impl Config {
-    /// Reads and validates the configuration file at `path`.
-    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
-        Config::parse(&host::config::read(path)?, path)
-    }
-
-    /// Parses and validates `text`; `path` names the file in errors, and a relative `cert_dir`
-    /// or `access_log` is taken from its directory.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+impl Load for Config {
+    fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let src = Source::new(text, path);
         Validator { src }.config(src.parse()?)
     }
+}
 
+impl Config {
     /// The site serving `host` (lowercase, no port, no trailing dot).
     pub fn site(&self, host: &str) -> Option<&Site> {
         self.sites.iter().find(|s| s.fqdn == host)

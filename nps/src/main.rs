@@ -3,11 +3,11 @@
 //! SIGHUP re-reads the configuration and certificates (a bad new one is logged and the running
 //! one kept); SIGTERM and SIGINT stop accepting and give requests in flight up to 10 s.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use host::config::ConfigError;
+use host::config::Load as _;
 use host::daemon::Daemon;
 use host::signals::{Signal, Signals};
 use nps::{Config, Kind, Server};
@@ -21,10 +21,6 @@ impl Daemon for Nps {
     const NAME: &'static str = "nps";
     const ABOUT: &'static str = "NTMobile Proxy Server: reverse proxy to NTM nodes through the local ntmd";
     type Config = Config;
-
-    fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::load(path)
-    }
 
     fn check(config: &Config) -> anyhow::Result<String> {
         nps::tls::server_config(config).context("certificates")?;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use hickory_proto::rr::RecordType;
+use host::config::Load as _;
 use http::{header, Request, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use host::config::{ifname, socket_addr, Source, Spanned};
+use host::config::{ifname, socket_addr, Load, Source, Spanned};
 use ipnet::IpNet;
 use proto::keys::{PublicKey, SecretKey};
 use serde::Deserialize;
@@ -144,16 +144,8 @@ struct RawTun {
     routes: Option<Vec<Spanned<String>>>,
 }
 
-impl Config {
-    /// Reads and validates the configuration file at `path`.
-    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
-        Config::parse(&host::config::read(path)?, path)
-    }
-
-    /// Parses and validates `text`; `path` names the file in errors, and relative
-    /// `private_key_file` paths are taken from its directory.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+impl Load for Config {
+    fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let src = Source::new(text, path);
         Validator { src }.config(src.parse()?)
     }

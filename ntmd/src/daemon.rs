@@ -468,17 +468,7 @@ impl Daemon {
             bytes(|t| t.counters.rx_dropped),
         );
         let d = self.core.drops();
-        p.counters(
-            "ntm_signaling_dropped_total",
-            "Signaling datagrams dropped, by cause.",
-            "cause",
-            [
-                ("malformed", d.malformed),
-                ("unauthorized", d.unauthorized),
-                ("replayed", d.replayed),
-                ("unexpected", d.unexpected),
-            ],
-        );
+        p.counters("ntm_signaling_dropped_total", "Signaling datagrams dropped, by cause.", "cause", d.by_cause());
         p.counter("ntm_data_dropped_total", "Data packets that matched no tunnel.", self.dataplane.orphan_drops());
         p.encode()
     }

@@ -1,8 +1,7 @@
 //! `ntmd`: the NTM node daemon.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use host::config::ConfigError;
 use host::daemon::Daemon;
 use ntmd::config::Config;
 
@@ -12,10 +11,6 @@ impl Daemon for Ntmd {
     const NAME: &'static str = "ntmd";
     const ABOUT: &'static str = "NTM node daemon: registers with its DC, builds tunnels, serves NTM names";
     type Config = Config;
-
-    fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::load(path)
-    }
 
     fn check(config: &Config) -> anyhow::Result<String> {
         Ok(format!("{}, {} data plane, DC {:?}", config.fqdn, config.dataplane, config.dc))

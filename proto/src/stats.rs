@@ -17,6 +17,16 @@ pub struct Drops {
 }
 
 impl Drops {
+    /// Each cause with its count, as metrics label them.
+    pub fn by_cause(&self) -> [(&'static str, u64); 4] {
+        [
+            ("malformed", self.malformed),
+            ("unauthorized", self.unauthorized),
+            ("replayed", self.replayed),
+            ("unexpected", self.unexpected),
+        ]
+    }
+
     pub fn total(&self) -> u64 {
         self.malformed + self.unauthorized + self.replayed + self.unexpected
     }
