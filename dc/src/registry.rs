@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
 
-use proto::registry::{NodeRecord, Pools, Registration, Registry, RegistryError};
+use proto::registry::{assign_vips, NodeRecord, Pools, Registration, Registry, RegistryError};
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 /// The schema this code writes, kept in `PRAGMA user_version`.
@@ -148,12 +148,6 @@ impl RawRow {
     }
 }
 
-/// The lowest candidate not in `used`. Only `used.len() + 1` candidates can all be taken, so the
-/// search is bounded even for a /64.
-fn lowest_free<T: Eq + Hash>(used: &HashSet<T>, candidate: impl Fn(u64) -> Option<T>) -> Option<T> {
-    (0..=used.len() as u64).map_while(candidate).find(|ip| !used.contains(ip))
-}
-
 fn used_set<T: FromStr + Eq + Hash>(tx: &rusqlite::Transaction<'_>, col: &str) -> Result<HashSet<T>, RegistryError>
 where
     T::Err: std::fmt::Display,
@@ -176,19 +170,13 @@ impl Registry for SqliteRegistry {
             .optional()
             .map_err(storage)?;
         let (old4, old6) = existing.unwrap_or((None, None));
-        let mut vip4: Option<Ipv4Addr> = parse_opt(reg.fqdn, "vip4", old4)?;
-        let mut vip6: Option<Ipv6Addr> = parse_opt(reg.fqdn, "vip6", old6)?;
-
-        if vip4.is_none() && self.pools.v4.is_some() {
-            let used = used_set::<Ipv4Addr>(&tx, "vip4")?;
-            let ip = lowest_free(&used, |n| self.pools.v4_candidate(n)).ok_or(RegistryError::PoolExhausted("IPv4"))?;
-            vip4 = Some(ip);
-        }
-        if vip6.is_none() && self.pools.v6.is_some() {
-            let used = used_set::<Ipv6Addr>(&tx, "vip6")?;
-            let ip = lowest_free(&used, |n| self.pools.v6_candidate(n)).ok_or(RegistryError::PoolExhausted("IPv6"))?;
-            vip6 = Some(ip);
-        }
+        let current = (parse_opt(reg.fqdn, "vip4", old4)?, parse_opt(reg.fqdn, "vip6", old6)?);
+        let (vip4, vip6) = assign_vips(
+            &self.pools,
+            current,
+            || used_set::<Ipv4Addr>(&tx, "vip4"),
+            || used_set::<Ipv6Addr>(&tx, "vip6"),
+        )?;
 
         let addrs = reg.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
         let last_seen = i64::try_from(reg.now_unix).unwrap_or(i64::MAX);
@@ -360,14 +348,5 @@ mod tests {
         drop(r);
         let err = SqliteRegistry::open(&path, pools("100.64.40.0/24", "fd4e:544d:40::/64")).unwrap_err();
         assert!(err.to_string().contains("99"), "{err}");
-    }
-
-    #[test]
-    fn lowest_free_is_bounded() {
-        let used: HashSet<u64> = (0..10).collect();
-        assert_eq!(lowest_free(&used, Some), Some(10));
-        assert_eq!(lowest_free(&used, |n| (n < 10).then_some(n)), None);
-        let used: HashSet<u64> = [0, 2].into();
-        assert_eq!(lowest_free(&used, Some), Some(1));
     }
 }

@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod dnsstub;
+pub mod handler;
 pub mod link;
 pub mod sockets;
 pub mod status;

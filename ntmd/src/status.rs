@@ -3,21 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The node table state of a peer (the paper's built / building / none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerState {
-    Built,
-    Building,
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PathKind {
-    Direct,
-    Relay,
-}
+/// Direct, or through a relay: the protocol's own type.
+pub use proto::msg::Path as PathKind;
+/// The node table state of a peer (the paper's built / building / none): the core's own type.
+pub use proto::node::PeerState;
 
 /// Why a tunnel went away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,8 @@ pub mod node;
 pub mod noise;
 pub mod registry;
 pub mod replay;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod stats;
 pub mod tunnel;
 pub mod wire;

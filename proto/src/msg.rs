@@ -82,7 +82,9 @@ pub struct PeerDirectionRequest {
     pub target: String,
 }
 
+/// How a tunnel runs. (Names in JSON are lowercase; postcard encodes the variant's index.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Path {
     Direct,
     Relay,

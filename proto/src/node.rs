@@ -35,7 +35,9 @@ pub struct NodeConfig {
     pub dcs: Vec<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A peer's state in the node table (the paper's built / building / none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PeerState {
     None,
     Building,

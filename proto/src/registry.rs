@@ -1,8 +1,8 @@
 //! The DC's node registry, as the DC core sees it. `dc` implements it on SQLite; the
 //! in-memory implementation here serves tests and simulations.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -77,6 +77,34 @@ impl Pools {
     }
 }
 
+/// The VIP allocation policy, which every registry applies (storage is theirs): a node keeps the
+/// VIPs it has; a node without one gets the lowest free address of each configured pool. A VIP,
+/// once given, is never handed to another node. `used4` and `used6` give the addresses taken
+/// (asked only when an address of that family must be chosen).
+pub fn assign_vips(
+    pools: &Pools,
+    current: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    used4: impl FnOnce() -> Result<HashSet<Ipv4Addr>, RegistryError>,
+    used6: impl FnOnce() -> Result<HashSet<Ipv6Addr>, RegistryError>,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), RegistryError> {
+    let (mut vip4, mut vip6) = current;
+    if vip4.is_none() && pools.v4.is_some() {
+        let used = used4()?;
+        vip4 = Some(lowest_free(&used, |n| pools.v4_candidate(n)).ok_or(RegistryError::PoolExhausted("IPv4"))?);
+    }
+    if vip6.is_none() && pools.v6.is_some() {
+        let used = used6()?;
+        vip6 = Some(lowest_free(&used, |n| pools.v6_candidate(n)).ok_or(RegistryError::PoolExhausted("IPv6"))?);
+    }
+    Ok((vip4, vip6))
+}
+
+/// The lowest candidate not in `used`. Only `used.len() + 1` candidates can all be taken, so the
+/// search is bounded even for a /64.
+fn lowest_free<T: Eq + std::hash::Hash>(used: &HashSet<T>, candidate: impl Fn(u64) -> Option<T>) -> Option<T> {
+    (0..=used.len() as u64).map_while(candidate).find(|ip| !used.contains(ip))
+}
+
 /// An in-memory registry (tests and simulations).
 #[derive(Debug)]
 pub struct MemRegistry {
@@ -88,32 +116,17 @@ impl MemRegistry {
     pub fn new(pools: Pools) -> Self {
         Self { pools, nodes: HashMap::new() }
     }
-
-    fn used(&self, ip: IpAddr) -> bool {
-        self.nodes.values().any(|r| r.vip4.map(IpAddr::V4) == Some(ip) || r.vip6.map(IpAddr::V6) == Some(ip))
-    }
 }
 
 impl Registry for MemRegistry {
     fn register(&mut self, reg: &Registration<'_>) -> Result<NodeRecord, RegistryError> {
-        let (mut vip4, mut vip6) = match self.nodes.get(reg.fqdn) {
-            Some(r) => (r.vip4, r.vip6),
-            None => (None, None),
-        };
-        if vip4.is_none() && self.pools.v4.is_some() {
-            let ip = (0..)
-                .map_while(|n| self.pools.v4_candidate(n))
-                .find(|ip| !self.used(IpAddr::V4(*ip)))
-                .ok_or(RegistryError::PoolExhausted("IPv4"))?;
-            vip4 = Some(ip);
-        }
-        if vip6.is_none() && self.pools.v6.is_some() {
-            let ip = (0..)
-                .map_while(|n| self.pools.v6_candidate(n))
-                .find(|ip| !self.used(IpAddr::V6(*ip)))
-                .ok_or(RegistryError::PoolExhausted("IPv6"))?;
-            vip6 = Some(ip);
-        }
+        let current = self.nodes.get(reg.fqdn).map_or((None, None), |r| (r.vip4, r.vip6));
+        let (vip4, vip6) = assign_vips(
+            &self.pools,
+            current,
+            || Ok(self.nodes.values().filter_map(|r| r.vip4).collect()),
+            || Ok(self.nodes.values().filter_map(|r| r.vip6).collect()),
+        )?;
         let rec = NodeRecord {
             fqdn: reg.fqdn.to_string(),
             public_key: reg.public_key,
@@ -134,5 +147,32 @@ impl Registry for MemRegistry {
 
     fn all(&self) -> Result<Vec<NodeRecord>, RegistryError> {
         Ok(self.nodes.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowest_free_is_bounded() {
+        let used: HashSet<u64> = (0..10).collect();
+        assert_eq!(lowest_free(&used, Some), Some(10));
+        assert_eq!(lowest_free(&used, |n| (n < 10).then_some(n)), None);
+        let used: HashSet<u64> = [0, 2].into();
+        assert_eq!(lowest_free(&used, Some), Some(1));
+    }
+
+    #[test]
+    fn vips_are_kept_then_lowest_free() {
+        let pools = Pools { v4: Some("100.64.0.0/29".parse().unwrap()), v6: None };
+        let none = || -> Result<HashSet<Ipv6Addr>, RegistryError> { panic!("no IPv6 pool: not asked") };
+        let kept = Some(Ipv4Addr::new(100, 64, 0, 5));
+        assert_eq!(assign_vips(&pools, (kept, None), || panic!("kept: not asked"), none).unwrap(), (kept, None));
+        let used = [Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 4)];
+        let got = assign_vips(&pools, (None, None), || Ok(used.into()), none).unwrap();
+        assert_eq!(got, (Some(Ipv4Addr::new(100, 64, 0, 3)), None));
+        let full: HashSet<Ipv4Addr> = (2..7).map(|h| Ipv4Addr::new(100, 64, 0, h)).collect();
+        assert!(matches!(assign_vips(&pools, (None, None), || Ok(full), none), Err(RegistryError::PoolExhausted(_))));
     }
 }
