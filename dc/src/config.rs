@@ -24,6 +24,8 @@ pub struct Config {
     pub zone: String,
     /// The DC's own name; its A/AAAA records are `addresses`.
     pub name: String,
+    /// The DC's static X25519 key (`private_key` or `private_key_file`); nodes and peer DCs
+    /// know its public half.
     pub private_key: SecretKey,
     /// Signaling sockets (UDP).
     pub listen: Vec<SocketAddr>,
@@ -31,27 +33,41 @@ pub struct Config {
     pub dns_listen: Vec<SocketAddr>,
     /// The DC's public addresses (default: the specific IPs of `listen`).
     pub addresses: Vec<IpAddr>,
+    /// The SQLite file holding registrations and the VIPs allocated to each node.
     pub database: PathBuf,
     /// Upstream resolver used to find other zones' DCs.
     pub resolver: SocketAddr,
+    /// How often nodes re-register, in seconds (at least 1; default 15). Sent to every node in
+    /// its `Registered` reply.
     pub keepalive_s: u64,
+    /// Where to serve Prometheus `/metrics` over HTTP; `None` serves no metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// The prefixes VIPs are allocated from.
     pub pools: PoolsConfig,
+    /// The nodes allowed to register (`[[nodes]]`), with unique FQDNs inside `zone`.
     pub nodes: Vec<NodeConfig>,
+    /// The proxy servers some nodes are published through (`[[nps]]`), with unique names.
     pub nps: Vec<NpsConfig>,
+    /// Other zones' DCs that may ask this one for directions (`[[peers]]`).
     pub peers: Vec<PeerConfig>,
 }
 
+/// The VIP pools (`[pools]`): at least one is set; neither has host bits set and each has room
+/// for at least one VIP.
 #[derive(Debug, Clone)]
 pub struct PoolsConfig {
+    /// The IPv4 prefix VIPs are taken from, e.g. `100.64.40.0/24`.
     pub ipv4: Option<Ipv4Net>,
+    /// The IPv6 prefix VIPs are taken from, e.g. `fd4e:544d:40::/64`.
     pub ipv6: Option<Ipv6Net>,
 }
 
 /// An enrolled node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// The node's name, strictly inside the DC's zone and not one the DC itself uses.
     pub fqdn: String,
+    /// The node's static X25519 key: only a handshake made with it can register `fqdn`.
     pub public_key: PublicKey,
     /// The `[[nps]]` this node is served through: its name resolves to that NPS's addresses.
     pub nps: Option<String>,
@@ -60,14 +76,18 @@ pub struct NodeConfig {
 /// An NTMobile Proxy Server serving some of this zone's nodes.
 #[derive(Debug, Clone)]
 pub struct NpsConfig {
+    /// The name nodes refer to it by (`nodes[].nps`); not a DNS name.
     pub name: String,
+    /// The NPS's public addresses, published as the A/AAAA records of the nodes it serves.
     pub addresses: Vec<IpAddr>,
 }
 
 /// Another zone's DC that this DC trusts.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
+    /// The zone that DC is authoritative for; not this DC's own zone.
     pub zone: String,
+    /// That DC's static X25519 key, checked in the handshake of every exchange with it.
     pub public_key: PublicKey,
 }
 
@@ -260,6 +280,7 @@ impl Config {
         Pools { v4: self.pools.ipv4, v6: self.pools.ipv6 }
     }
 
+    /// `keepalive_s` as a duration: the re-registration interval given to nodes.
     pub fn keepalive(&self) -> Duration {
         Duration::from_secs(self.keepalive_s)
     }
@@ -275,6 +296,7 @@ impl Config {
         self.nodes.iter().find(|n| n.fqdn.eq_ignore_ascii_case(fqdn))
     }
 
+    /// The `[[nps]]` entry called `name` (exact match), as named by `nodes[].nps`.
     pub fn nps_named(&self, name: &str) -> Option<&NpsConfig> {
         self.nps.iter().find(|n| n.name == name)
     }

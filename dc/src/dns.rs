@@ -34,19 +34,29 @@ pub const MAX_UDP_RESPONSE: u16 = 1232;
 const CLASSIC_UDP_LIMIT: usize = 512;
 const HEADER_LEN: usize = 12;
 
+/// Why the zone could not be built from the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
+    /// A configured name (zone, DC name, node FQDN) is not a valid DNS name.
     #[error("invalid DNS name {name:?}: {reason}")]
-    BadName { name: String, reason: String },
+    BadName {
+        /// The name as configured.
+        name: String,
+        /// What the DNS name parser objected to.
+        reason: String,
+    },
 }
 
 /// Counters, for metrics.
 #[derive(Debug, Default)]
 pub struct DnsStats {
+    /// Every message received, over UDP and TCP, answered or not.
     pub queries: AtomicU64,
     /// Messages dropped without an answer (undecodable, or not a query).
     pub malformed: AtomicU64,
+    /// Queries answered REFUSED: outside the zone, not class IN, or a zone transfer.
     pub refused: AtomicU64,
+    /// Queries answered NXDOMAIN: a name inside the zone that does not exist.
     pub nxdomain: AtomicU64,
     /// UDP answers sent with the TC bit.
     pub truncated: AtomicU64,
@@ -55,7 +65,9 @@ pub struct DnsStats {
 /// How a query arrived: it bounds the response size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// A datagram: at most 512 bytes back, or the client's EDNS size up to 1232.
     Udp,
+    /// A stream with a length prefix: up to 65535 bytes back.
     Tcp,
 }
 
@@ -140,10 +152,12 @@ impl Authority {
         Ok(Self { zone, soa, names, stats: DnsStats::default() })
     }
 
+    /// The zone's apex, lowercase and fully qualified.
     pub fn zone(&self) -> &Name {
         &self.zone
     }
 
+    /// The counters of the queries answered so far, shared by the UDP and TCP servers.
     pub fn stats(&self) -> &DnsStats {
         &self.stats
     }
@@ -363,6 +377,7 @@ pub async fn serve_udp(sock: UdpSocket, authority: Arc<Authority>) -> io::Result
 pub struct TcpOptions {
     /// A connection idle this long (or this slow to send a query or take an answer) is closed.
     pub idle_timeout: Duration,
+    /// Connections served at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
 }
 
@@ -377,6 +392,7 @@ pub async fn serve_tcp(listener: TcpListener, authority: Arc<Authority>) -> io::
     serve_tcp_with(listener, authority, TcpOptions::default()).await
 }
 
+/// [`serve_tcp`] with explicit limits (the tests use short timeouts and few slots).
 pub async fn serve_tcp_with(listener: TcpListener, authority: Arc<Authority>, opts: TcpOptions) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     let drops = Arc::new(LogLimiter::new(Duration::from_secs(1)));

@@ -5,16 +5,36 @@ use std::net::SocketAddr;
 use host::dns::{Client, ClientError};
 use proto::dns::{self, Answer, RecordType, ResponseCode};
 
+/// Why the DC of a name could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
+    /// No parent domain of this FQDN has an `_ntm._udp` SRV record.
     #[error("{0} is not in an NTM zone (no _ntm._udp SRV record in its parent domains)")]
     NotNtm(String),
+    /// The resolver failed a query with an rcode other than NOERROR or NXDOMAIN (e.g.
+    /// SERVFAIL), so a nearer zone could not be ruled out.
     #[error("resolver answered {rcode} for {name}")]
-    Rcode { name: String, rcode: ResponseCode },
+    Rcode {
+        /// The name queried.
+        name: String,
+        /// The resolver's response code.
+        rcode: ResponseCode,
+    },
+    /// The zone has an SRV record, but none of its targets has an A or AAAA record.
     #[error("the DC of zone {zone} has no address")]
-    NoAddress { zone: String },
+    NoAddress {
+        /// The NTM zone found.
+        zone: String,
+    },
+    /// No server gave a usable answer to a query (timeouts, refused connections, answers
+    /// that do not match the question).
     #[error("{name}: {source}")]
-    Lookup { name: String, source: ClientError },
+    Lookup {
+        /// The name queried.
+        name: String,
+        /// What the DNS client reported.
+        source: ClientError,
+    },
 }
 
 /// Finds the DC responsible for `fqdn`: walks its parent domains, nearest first, and returns

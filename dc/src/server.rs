@@ -56,6 +56,10 @@ fn metrics(core: &DcCore<SqliteRegistry>, authority: &Authority) -> String {
     p.encode()
 }
 
+/// Runs the DC until a signal stops it: opens the registry, serves the zone on every
+/// `dns_listen` address (UDP and TCP), binds the signaling sockets and the metrics server, then
+/// drives the core. Called by `main` with a validated configuration; an error is fatal (a
+/// socket that cannot be bound, a database that cannot be opened).
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let registry = SqliteRegistry::open(&cfg.database, cfg.pools())
         .with_context(|| format!("opening the registry {}", cfg.database.display()))?;
