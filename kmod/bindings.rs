@@ -40,6 +40,7 @@ mod raw {
     );
 }
 use raw::*;
+pub(crate) use raw::{genl_info, netlink_callback, sk_buff};
 
 extern "C" {
     // module registration
@@ -981,7 +982,7 @@ impl<'a> Info<'a> {
 }
 
 /// Slots of a parsed `tunnel` nest (NTM_A_TUNNEL_MAX + 1).
-pub(crate) const TUNNEL_ATTRS: usize = crate::netlink::tunnel::REASON as usize + 1;
+pub(crate) const TUNNEL_ATTRS: usize = crate::netlink::tunnel::MAX as usize + 1;
 
 pub(crate) struct TunnelAttrs<'a>([Option<Attr<'a>>; TUNNEL_ATTRS]);
 
@@ -1324,52 +1325,30 @@ extern "C" fn ntm_rs_encap_destroy(sk: *mut sock) {
     }
 }
 
-/// Runs a netlink handler on a request.
-fn doit(info: *mut genl_info, f: fn(&Info<'_>) -> Result) -> c_int {
-    // SAFETY: genetlink hands the doit a valid info for the call's duration.
+/// Runs a netlink handler on a request (the generated `*_doit` entry points call this).
+///
+/// # Safety
+///
+/// `info` must be the request genetlink passed to a doit, valid for the call.
+pub(crate) unsafe fn genl_doit(info: *mut genl_info, f: fn(&Info<'_>) -> Result) -> c_int {
+    // SAFETY: the caller passes the doit's info, valid for the call's duration.
     let Some(info) = (unsafe { info.as_ref() }) else {
         return EINVAL.to_errno();
     };
     f(&Info(info)).map_or_else(|e| e.to_errno(), |()| 0)
 }
 
-#[no_mangle]
-extern "C" fn ntm_rs_nl_dev_set(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    doit(info, crate::netlink::dev_set)
-}
-
-#[no_mangle]
-extern "C" fn ntm_rs_nl_dev_get(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    doit(info, crate::netlink::dev_get)
-}
-
-#[no_mangle]
-extern "C" fn ntm_rs_nl_tunnel_new(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    doit(info, crate::netlink::tunnel_new)
-}
-
-#[no_mangle]
-extern "C" fn ntm_rs_nl_tunnel_set(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    doit(info, crate::netlink::tunnel_set)
-}
-
-#[no_mangle]
-extern "C" fn ntm_rs_nl_tunnel_get(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    doit(info, crate::netlink::tunnel_get)
-}
-
-#[no_mangle]
-extern "C" fn ntm_rs_nl_tunnel_del(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    doit(info, crate::netlink::tunnel_del)
-}
-
-#[no_mangle]
-extern "C" fn ntm_rs_nl_tunnel_keepalive(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    doit(info, crate::netlink::tunnel_keepalive)
-}
-
-#[no_mangle]
-extern "C" fn ntm_rs_nl_tunnel_dump(skb: *mut sk_buff, cb: *mut netlink_callback) -> c_int {
+/// Runs a dump handler for one message of a dump (the generated `*_dumpit` entry points).
+///
+/// # Safety
+///
+/// `skb` and `cb` must be the message and the callback state genetlink passed to a dumpit,
+/// valid for the call.
+pub(crate) unsafe fn genl_dumpit(
+    skb: *mut sk_buff,
+    cb: *mut netlink_callback,
+    f: fn(&mut Dump<'_>) -> Result,
+) -> c_int {
     let (Some(skb), Some(cb)) = (NonNull::new(skb), NonNull::new(cb)) else {
         return EINVAL.to_errno();
     };
@@ -1378,7 +1357,7 @@ extern "C" fn ntm_rs_nl_tunnel_dump(skb: *mut sk_buff, cb: *mut netlink_callback
         cb,
         _p: PhantomData,
     };
-    match crate::netlink::tunnel_dump(&mut dump) {
+    match f(&mut dump) {
         Ok(()) => dump.len() as c_int,
         Err(e) => e.to_errno(),
     }

@@ -5,7 +5,7 @@
 //! A data packet is `[4, 0, 0, 0] | receiver u32 LE | counter u64 LE | ciphertext | tag`:
 //! ChaCha20-Poly1305 with the counter as nonce and no associated data, exactly what
 //! `proto/src/data.rs` produces with `ring`. The self-test seals the golden vectors of
-//! `tests/golden/` (copied below; `tests/kmod/check-abi.py` checks they are the same bytes) and
+//! `tests/golden/` (copied below; a test in `proto/src/data.rs` checks they are the same bytes) and
 //! refuses to load the module if a single byte differs.
 
 use kernel::prelude::*;

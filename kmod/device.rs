@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kernel::prelude::*;
 
 use crate::bindings::{NetDev, SockSlot, SpinLockBh};
-use crate::netlink::{self, Reason};
+use crate::netlink::{self, DestroyReason};
 use crate::new_spinlock_bh;
 use crate::send::MissLimiter;
 use crate::table::{Table, TableGuard, Tunnel};
@@ -72,7 +72,7 @@ impl Device {
     pub(crate) fn stop(&self) {
         let mut t = self.table.lock();
         t.dev().up = false;
-        self.destroy_if(&mut t, |_| true, Reason::DeviceDown);
+        self.destroy_if(&mut t, |_| true, DestroyReason::DeviceDown);
     }
 
     /// ndo_uninit: nothing may be added any more; the sockets go back to plain UDP.
@@ -82,7 +82,7 @@ impl Device {
             let ctl = t.dev();
             ctl.dead = true;
             ctl.up = false;
-            self.destroy_if(&mut t, |_| true, Reason::DeviceDown);
+            self.destroy_if(&mut t, |_| true, DestroyReason::DeviceDown);
         }
         // Each waits for a grace period: no encap_rcv or transmitter sees the device after.
         drop(self.sock4.replace(None));
@@ -91,7 +91,12 @@ impl Device {
     }
 
     /// Destroys one tunnel, telling userspace why.
-    pub(crate) fn destroy(&self, t: &mut TableGuard<'_>, id: u32, reason: Reason) -> Option<()> {
+    pub(crate) fn destroy(
+        &self,
+        t: &mut TableGuard<'_>,
+        id: u32,
+        reason: DestroyReason,
+    ) -> Option<()> {
         let tunnel = t.remove(id)?;
         netlink::notify_destroyed(self, &tunnel, reason, false);
         Some(())
@@ -102,7 +107,7 @@ impl Device {
         &self,
         t: &mut TableGuard<'_>,
         doomed: impl FnMut(&Tunnel) -> bool,
-        reason: Reason,
+        reason: DestroyReason,
     ) {
         t.remove_if(doomed, |tunnel| {
             netlink::notify_destroyed(self, tunnel, reason, false)

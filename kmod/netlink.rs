@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The generic netlink family `ntm` (kmod/spec/ntm.yaml): the handlers of its operations and
-//! the notifications it multicasts on `events`. Policies live in the shim (ntm_shim.c); every
-//! rejection here names its reason in extack. Operations are admin-only (GENL_ADMIN_PERM) and
-//! find the device by ifindex in the caller's namespace.
+//! the notifications it multicasts on `events`. The numbers, the policies, the op table and the
+//! entry points that call these handlers are generated from the spec (scripts/gen-netlink:
+//! netlink_gen.rs, ntm_nl_gen.c); every rejection here names its reason in extack. Operations
+//! are admin-only (GENL_ADMIN_PERM) and find the device by ifindex in the caller's namespace.
 
 use kernel::prelude::*;
 use kernel::str::CStr;
@@ -19,62 +20,10 @@ use crate::socket::{self, Endpoint};
 use crate::table::{Tunnel, TunnelConfig, Vip};
 use crate::timers;
 
-/// Commands and notifications (spec order, from 1).
-#[allow(dead_code)] // requests are dispatched by the shim's op table
-pub(crate) mod cmd {
-    pub(crate) const DEV_SET: u8 = 1;
-    pub(crate) const DEV_GET: u8 = 2;
-    pub(crate) const TUNNEL_NEW: u8 = 3;
-    pub(crate) const TUNNEL_SET: u8 = 4;
-    pub(crate) const TUNNEL_GET: u8 = 5;
-    pub(crate) const TUNNEL_DEL: u8 = 6;
-    pub(crate) const TUNNEL_DESTROYED_NTF: u8 = 7;
-    pub(crate) const TUNNEL_MISS_NTF: u8 = 8;
-    pub(crate) const ENDPOINT_CHANGED_NTF: u8 = 9;
-    pub(crate) const TUNNEL_KEEPALIVE: u8 = 10;
-}
+#[path = "netlink_gen.rs"]
+mod gen;
 
-/// Attributes of the `ntm` set.
-pub(crate) mod attr {
-    pub(crate) const IFINDEX: u16 = 1;
-    pub(crate) const SOCK_FD4: u16 = 2;
-    pub(crate) const SOCK_FD6: u16 = 3;
-    pub(crate) const IDLE_TIMEOUT_MS: u16 = 4;
-    pub(crate) const TUNNEL: u16 = 5;
-    pub(crate) const MISS_VIP4: u16 = 6;
-    pub(crate) const MISS_VIP6: u16 = 7;
-    pub(crate) const RX_ORPHANS: u16 = 8;
-}
-
-/// Attributes of the `tunnel` set.
-pub(crate) mod tunnel {
-    pub(crate) const LOCAL_ID: u16 = 1;
-    pub(crate) const REMOTE_ID: u16 = 2;
-    pub(crate) const VIP4: u16 = 3;
-    pub(crate) const VIP6: u16 = 4;
-    pub(crate) const ENDPOINT_IP4: u16 = 5;
-    pub(crate) const ENDPOINT_IP6: u16 = 6;
-    pub(crate) const ENDPOINT_PORT: u16 = 7;
-    pub(crate) const SEND_KEY: u16 = 8;
-    pub(crate) const RECV_KEY: u16 = 9;
-    pub(crate) const LABEL: u16 = 10;
-    pub(crate) const IDLE_MS: u16 = 11;
-    pub(crate) const TX_PACKETS: u16 = 12;
-    pub(crate) const TX_BYTES: u16 = 13;
-    pub(crate) const RX_PACKETS: u16 = 14;
-    pub(crate) const RX_BYTES: u16 = 15;
-    pub(crate) const RX_DROPPED: u16 = 16;
-    pub(crate) const REASON: u16 = 17;
-}
-
-/// `destroy-reason`.
-#[derive(Clone, Copy)]
-pub(crate) enum Reason {
-    Idle = 0,
-    Deleted = 1,
-    DeviceDown = 2,
-    Error = 3,
-}
+pub(crate) use gen::{attr, cmd, tunnel, DestroyReason};
 
 /// An extack message, prefixed like NL_SET_ERR_MSG_MOD.
 macro_rules! msg {
@@ -129,7 +78,7 @@ fn required<'a>(
 
 /// Rejects any attribute of the nest other than those allowed.
 fn only(info: &Info<'_>, tb: &TunnelAttrs<'_>, allowed: &[u16], m: &'static CStr) -> Result {
-    for ty in tunnel::LOCAL_ID..=tunnel::LABEL {
+    for ty in 1..=tunnel::MAX {
         if let Some(a) = tb.get(ty) {
             if !allowed.contains(&ty) {
                 return Err(reject(info, m, Some(a), EINVAL));
@@ -384,7 +333,7 @@ pub(crate) fn tunnel_new(info: &Info<'_>) -> Result {
     }
     let prepared = t.prepare(new)?;
     for id in [same4, same6].into_iter().flatten() {
-        dev.destroy(&mut t, id, Reason::Deleted);
+        dev.destroy(&mut t, id, DestroyReason::Deleted);
     }
     t.insert(prepared);
     timers::tunnels_changed(&dev, &t);
@@ -462,7 +411,7 @@ pub(crate) fn tunnel_get(info: &Info<'_>) -> Result {
 
 /// tunnel-get (dump): every tunnel in local-id order; cb->args[0] is where to resume,
 /// cb->args[1] says the walk is over.
-pub(crate) fn tunnel_dump(dump: &mut Dump<'_>) -> Result {
+pub(crate) fn tunnel_get_dump(dump: &mut Dump<'_>) -> Result {
     if dump.args()[1] != 0 {
         return Ok(());
     }
@@ -503,14 +452,15 @@ pub(crate) fn tunnel_del(info: &Info<'_>) -> Result {
     let id_attr = required(info, nest, &tb, tunnel::LOCAL_ID, msg!("missing local-id"))?;
     let id = id_attr.u32().ok_or(EINVAL)?;
     let mut t = dev.table.lock();
-    dev.destroy(&mut t, id, Reason::Deleted).ok_or_else(|| {
-        reject(
-            info,
-            msg!("no tunnel with this local-id"),
-            Some(id_attr),
-            ENOENT,
-        )
-    })?;
+    dev.destroy(&mut t, id, DestroyReason::Deleted)
+        .ok_or_else(|| {
+            reject(
+                info,
+                msg!("no tunnel with this local-id"),
+                Some(id_attr),
+                ENOENT,
+            )
+        })?;
     timers::tunnels_changed(&dev, &t);
     Ok(())
 }
@@ -567,7 +517,7 @@ enum Fill {
     /// Replies and dumps: everything but keys; jiffies now, for idle-ms.
     Full(u64),
     /// tunnel-destroyed-ntf.
-    Destroyed(Reason),
+    Destroyed(DestroyReason),
     /// endpoint-changed-ntf.
     Endpoint(Endpoint),
 }
@@ -626,7 +576,7 @@ fn event(dev: &Device, cmd: u8, atomic: bool, fill: impl FnOnce(&mut Msg) -> Res
 }
 
 /// tunnel-destroyed-ntf: local-id, label, VIPs and the reason.
-pub(crate) fn notify_destroyed(dev: &Device, t: &Tunnel, reason: Reason, atomic: bool) {
+pub(crate) fn notify_destroyed(dev: &Device, t: &Tunnel, reason: DestroyReason, atomic: bool) {
     event(dev, cmd::TUNNEL_DESTROYED_NTF, atomic, |m| {
         put_tunnel(m, dev.ndev.ifindex(), t, Fill::Destroyed(reason))
     });

@@ -4,9 +4,10 @@
  *
  * It holds only what Rust cannot express against the 6.12 `kernel` crate: one-line wrappers
  * for static inline helpers and macros, the static tables whose layout depends on the kernel
- * config (net_device_ops, rtnl_link_ops, the generic netlink family, its ops and policies, the
- * UDP tunnel socket configuration), route lookups on C structs, and trampolines that forward
- * every callback to Rust (ntm_rs_*). All decisions are taken in Rust; see ntm_shim.h.
+ * config (net_device_ops, rtnl_link_ops, the generic netlink family, the UDP tunnel socket
+ * configuration), route lookups on C structs, and trampolines that forward every callback to
+ * Rust (ntm_rs_*). The family's policies and op table are generated from kmod/spec/ntm.yaml
+ * (ntm_nl_gen.c); its handlers are Rust. All decisions are taken in Rust; see ntm_shim.h.
  */
 
 #include <linux/etherdevice.h>
@@ -29,6 +30,7 @@
 #include <net/udp.h>
 #include <net/udp_tunnel.h>
 
+#include "ntm_nl_gen.h"
 #include "ntm_shim.h"
 
 /* Outer IPv6 header (the larger one), UDP header, data header, then the tag. */
@@ -581,84 +583,7 @@ void ntm_shim_sock_put(struct sock *sk) { sock_put(sk); }
 bool ntm_shim_sock_dead(const struct sock *sk) { return sock_flag(sk, SOCK_DEAD); }
 struct net_device *ntm_shim_sock_dev(struct sock *sk) { return rcu_dereference_sk_user_data(sk); }
 
-/* ---- generic netlink family `ntm` (kmod/spec/ntm.yaml) ---- */
-
-enum { NTM_NLGRP_EVENTS };
-
-static const struct nla_policy ntm_tunnel_nl_policy[NTM_A_TUNNEL_MAX + 1] = {
-	[NTM_A_TUNNEL_LOCAL_ID] = NLA_POLICY_MIN(NLA_U32, 1),
-	[NTM_A_TUNNEL_REMOTE_ID] = { .type = NLA_U32 },
-	[NTM_A_TUNNEL_VIP4] = { .type = NLA_BE32 },
-	[NTM_A_TUNNEL_VIP6] = NLA_POLICY_EXACT_LEN(16),
-	[NTM_A_TUNNEL_ENDPOINT_IP4] = { .type = NLA_BE32 },
-	[NTM_A_TUNNEL_ENDPOINT_IP6] = NLA_POLICY_EXACT_LEN(16),
-	[NTM_A_TUNNEL_ENDPOINT_PORT] = NLA_POLICY_MIN(NLA_BE16, 1),
-	[NTM_A_TUNNEL_SEND_KEY] = NLA_POLICY_EXACT_LEN(NTM_KEY_LEN),
-	[NTM_A_TUNNEL_RECV_KEY] = NLA_POLICY_EXACT_LEN(NTM_KEY_LEN),
-	[NTM_A_TUNNEL_LABEL] = { .type = NLA_NUL_STRING, .len = NTM_LABEL_MAX_LEN },
-	/* Reported by the module, never accepted. */
-	[NTM_A_TUNNEL_IDLE_MS ... NTM_A_TUNNEL_REASON] = {
-		.type = NLA_REJECT,
-		.reject_message = "ntm: attribute is reported by the module, not set",
-	},
-};
-
-static const struct netlink_range_validation ntm_idle_timeout_range = {
-	.max = 86400000ULL,
-};
-
-static const struct nla_policy ntm_dev_set_nl_policy[NTM_A_MAX + 1] = {
-	[NTM_A_IFINDEX] = { .type = NLA_U32 },
-	[NTM_A_SOCK_FD4] = { .type = NLA_S32 },
-	[NTM_A_SOCK_FD6] = { .type = NLA_S32 },
-	[NTM_A_IDLE_TIMEOUT_MS] = NLA_POLICY_FULL_RANGE(NLA_U32, &ntm_idle_timeout_range),
-};
-
-/* dev-get and the tunnel-get dump */
-static const struct nla_policy ntm_ifindex_nl_policy[NTM_A_MAX + 1] = {
-	[NTM_A_IFINDEX] = { .type = NLA_U32 },
-};
-
-/* tunnel-new, tunnel-set, tunnel-get (do), tunnel-del */
-static const struct nla_policy ntm_tunnel_op_nl_policy[NTM_A_MAX + 1] = {
-	[NTM_A_IFINDEX] = { .type = NLA_U32 },
-	[NTM_A_TUNNEL] = NLA_POLICY_NESTED(ntm_tunnel_nl_policy),
-};
-
-static int ntm_nl_dev_set(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_dev_set(skb, info); }
-static int ntm_nl_dev_get(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_dev_get(skb, info); }
-static int ntm_nl_tunnel_new(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_tunnel_new(skb, info); }
-static int ntm_nl_tunnel_set(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_tunnel_set(skb, info); }
-static int ntm_nl_tunnel_get(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_tunnel_get(skb, info); }
-static int ntm_nl_tunnel_del(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_tunnel_del(skb, info); }
-static int ntm_nl_tunnel_keepalive(struct sk_buff *skb, struct genl_info *info) { return ntm_rs_nl_tunnel_keepalive(skb, info); }
-static int ntm_nl_tunnel_dump(struct sk_buff *skb, struct netlink_callback *cb) { return ntm_rs_nl_tunnel_dump(skb, cb); }
-
-#define NTM_DO(_cmd, _fn, _policy) {						\
-	.cmd = (_cmd), .doit = (_fn), .policy = (_policy), .maxattr = NTM_A_MAX,	\
-	.flags = GENL_ADMIN_PERM | GENL_CMD_CAP_DO,					\
-}
-
-static const struct genl_split_ops ntm_nl_ops[] = {
-	NTM_DO(NTM_CMD_DEV_SET, ntm_nl_dev_set, ntm_dev_set_nl_policy),
-	NTM_DO(NTM_CMD_DEV_GET, ntm_nl_dev_get, ntm_ifindex_nl_policy),
-	NTM_DO(NTM_CMD_TUNNEL_NEW, ntm_nl_tunnel_new, ntm_tunnel_op_nl_policy),
-	NTM_DO(NTM_CMD_TUNNEL_SET, ntm_nl_tunnel_set, ntm_tunnel_op_nl_policy),
-	NTM_DO(NTM_CMD_TUNNEL_GET, ntm_nl_tunnel_get, ntm_tunnel_op_nl_policy),
-	{
-		.cmd = NTM_CMD_TUNNEL_GET,
-		.dumpit = ntm_nl_tunnel_dump,
-		.policy = ntm_ifindex_nl_policy,
-		.maxattr = NTM_A_MAX,
-		.flags = GENL_ADMIN_PERM | GENL_CMD_CAP_DUMP,
-	},
-	NTM_DO(NTM_CMD_TUNNEL_DEL, ntm_nl_tunnel_del, ntm_tunnel_op_nl_policy),
-	NTM_DO(NTM_CMD_TUNNEL_KEEPALIVE, ntm_nl_tunnel_keepalive, ntm_tunnel_op_nl_policy),
-};
-
-static const struct genl_multicast_group ntm_nl_mcgrps[] = {
-	[NTM_NLGRP_EVENTS] = { .name = NTM_MCGRP_EVENTS, .flags = GENL_MCAST_CAP_NET_ADMIN },
-};
+/* ---- generic netlink family `ntm`: policies and ops in ntm_nl_gen.c (kmod/spec/ntm.yaml) ---- */
 
 static struct genl_family ntm_nl_family = {
 	.name = NTM_FAMILY_NAME,

@@ -5,9 +5,8 @@
  *
  * Only opaque pointers and scalars cross it, so Rust never depends on a config-dependent
  * struct layout. `bindings.rs` declares the same functions in the same order: keep them in
- * step. The netlink numbers follow kmod/spec/ntm.yaml (attributes and commands in the spec's
- * order from 1, enums from 0); tests/kmod/check-abi.py checks this file, the spec,
- * netlink.rs and proto/src/netlink.rs against each other.
+ * step. The netlink family's numbers, policies, op table and handlers are generated from
+ * kmod/spec/ntm.yaml by scripts/gen-netlink, into ntm_nl_gen.h and ntm_nl_gen.c.
  */
 #ifndef NTM_SHIM_H
 #define NTM_SHIM_H
@@ -24,74 +23,6 @@ struct netlink_callback;
 struct spinlock;
 struct dst_cache;
 struct dst_entry;
-
-/* ---- netlink numbers (kmod/spec/ntm.yaml) ---- */
-
-#define NTM_FAMILY_NAME "ntm"
-#define NTM_FAMILY_VERSION 1
-#define NTM_MCGRP_EVENTS "events"
-#define NTM_KEY_LEN 32
-#define NTM_LABEL_MAX_LEN 255
-
-enum ntm_destroy_reason {
-	NTM_DESTROY_REASON_IDLE,
-	NTM_DESTROY_REASON_DELETED,
-	NTM_DESTROY_REASON_DEVICE_DOWN,
-	NTM_DESTROY_REASON_ERROR,
-};
-
-enum {
-	NTM_A_TUNNEL_LOCAL_ID = 1,
-	NTM_A_TUNNEL_REMOTE_ID,
-	NTM_A_TUNNEL_VIP4,
-	NTM_A_TUNNEL_VIP6,
-	NTM_A_TUNNEL_ENDPOINT_IP4,
-	NTM_A_TUNNEL_ENDPOINT_IP6,
-	NTM_A_TUNNEL_ENDPOINT_PORT,
-	NTM_A_TUNNEL_SEND_KEY,
-	NTM_A_TUNNEL_RECV_KEY,
-	NTM_A_TUNNEL_LABEL,
-	NTM_A_TUNNEL_IDLE_MS,
-	NTM_A_TUNNEL_TX_PACKETS,
-	NTM_A_TUNNEL_TX_BYTES,
-	NTM_A_TUNNEL_RX_PACKETS,
-	NTM_A_TUNNEL_RX_BYTES,
-	NTM_A_TUNNEL_RX_DROPPED,
-	NTM_A_TUNNEL_REASON,
-
-	__NTM_A_TUNNEL_MAX,
-	NTM_A_TUNNEL_MAX = (__NTM_A_TUNNEL_MAX - 1)
-};
-
-enum {
-	NTM_A_IFINDEX = 1,
-	NTM_A_SOCK_FD4,
-	NTM_A_SOCK_FD6,
-	NTM_A_IDLE_TIMEOUT_MS,
-	NTM_A_TUNNEL,
-	NTM_A_MISS_VIP4,
-	NTM_A_MISS_VIP6,
-	NTM_A_RX_ORPHANS,
-
-	__NTM_A_MAX,
-	NTM_A_MAX = (__NTM_A_MAX - 1)
-};
-
-enum {
-	NTM_CMD_DEV_SET = 1,
-	NTM_CMD_DEV_GET,
-	NTM_CMD_TUNNEL_NEW,
-	NTM_CMD_TUNNEL_SET,
-	NTM_CMD_TUNNEL_GET,
-	NTM_CMD_TUNNEL_DEL,
-	NTM_CMD_TUNNEL_DESTROYED_NTF,
-	NTM_CMD_TUNNEL_MISS_NTF,
-	NTM_CMD_ENDPOINT_CHANGED_NTF,
-	NTM_CMD_TUNNEL_KEEPALIVE,
-
-	__NTM_CMD_MAX,
-	NTM_CMD_MAX = (__NTM_CMD_MAX - 1)
-};
 
 /* ---- Rust -> C ---- */
 
@@ -208,13 +139,5 @@ void ntm_rs_xmit(struct sk_buff *skb, struct net_device *dev);
 void ntm_rs_sweep(struct net_device *dev);
 int ntm_rs_encap_rcv(struct sock *sk, struct sk_buff *skb);
 void ntm_rs_encap_destroy(struct sock *sk);
-int ntm_rs_nl_dev_set(struct sk_buff *skb, struct genl_info *info);
-int ntm_rs_nl_dev_get(struct sk_buff *skb, struct genl_info *info);
-int ntm_rs_nl_tunnel_new(struct sk_buff *skb, struct genl_info *info);
-int ntm_rs_nl_tunnel_set(struct sk_buff *skb, struct genl_info *info);
-int ntm_rs_nl_tunnel_get(struct sk_buff *skb, struct genl_info *info);
-int ntm_rs_nl_tunnel_dump(struct sk_buff *skb, struct netlink_callback *cb);
-int ntm_rs_nl_tunnel_del(struct sk_buff *skb, struct genl_info *info);
-int ntm_rs_nl_tunnel_keepalive(struct sk_buff *skb, struct genl_info *info);
 
 #endif /* NTM_SHIM_H */

@@ -9,7 +9,7 @@ use kernel::prelude::*;
 
 use crate::bindings::{AttachError, ClosingSock, NetDev, RcuGuard, SockRef, WritableSkb};
 use crate::device::Device;
-use crate::netlink::Reason;
+use crate::netlink::DestroyReason;
 use crate::table::{TableGuard, Tunnel};
 
 /// Where a tunnel's packets go: the peer's (or its relay's, or its NAT's) address and port.
@@ -88,7 +88,11 @@ pub(crate) fn apply(
         Change::Attach(s) => slot.replace(Some(s)),
         Change::Release => {
             let old = slot.replace(None);
-            dev.destroy_if(t, |tun| tun.endpoint().is_v6() == ipv6, Reason::Error);
+            dev.destroy_if(
+                t,
+                |tun| tun.endpoint().is_v6() == ipv6,
+                DestroyReason::Error,
+            );
             old
         }
     }

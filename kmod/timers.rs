@@ -7,7 +7,7 @@
 
 use crate::bindings;
 use crate::device::Device;
-use crate::netlink::Reason;
+use crate::netlink::DestroyReason;
 use crate::socket;
 use crate::table::{TableGuard, Tunnel};
 
@@ -63,7 +63,7 @@ pub(crate) fn sweep(dev: &Device) {
                 start,
                 SWEEP_BATCH,
                 |tun| tun.idle(now) >= timeout,
-                |tun| crate::netlink::notify_destroyed(dev, tun, Reason::Idle, false),
+                |tun| crate::netlink::notify_destroyed(dev, tun, DestroyReason::Idle, false),
             );
             if let Some(id) = resume {
                 // Dropping the guard frees the batch after a grace period (a scheduling point).

@@ -151,4 +151,19 @@ mod tests {
         s.seal(b"NTM golden vector", &mut out).unwrap();
         assert_eq!(hex(&out), include_str!("../../tests/golden/data-counter1.hex").trim(), "counter 1");
     }
+
+    /// ntm.ko's self-test seals the same vectors at load time, from its own copy of them.
+    #[test]
+    fn module_self_test_has_the_golden_vectors() {
+        let module = include_str!("../../kmod/crypto.rs");
+        for v in
+            [include_str!("../../tests/golden/data-counter0.hex"), include_str!("../../tests/golden/data-counter1.hex")]
+        {
+            assert!(
+                module.contains(&format!("\"{}\"", v.trim())),
+                "kmod/crypto.rs lacks the golden vector {}",
+                v.trim()
+            );
+        }
+    }
 }

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 """Drive ntm.ko's generic netlink family `ntm` with raw netlink sockets (no dependencies).
 
-Numbers follow kmod/spec/ntm.yaml. Subcommands:
+The family's numbers and attribute types come from ntmnl_gen.py, which scripts/gen-netlink
+generates from kmod/spec/ntm.yaml. Subcommands:
 
   agent CONFIG.json      bind UDP sockets, hand them over (dev-set), install tunnels, then stay
                          alive holding the fds: events of the `events` group go to
@@ -37,6 +38,9 @@ import struct
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout for the import below
+from ntmnl_gen import ATTRS, CMD, DESTROY_REASON, FAMILY_NAME, FAMILY_VERSION, MCGRP_EVENTS, NESTS, TYPES
+
 NETLINK_GENERIC = 16
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
@@ -52,16 +56,9 @@ CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME, CTRL_ATTR_MCAST_GROUPS = 1, 2, 7
 CTRL_ATTR_MCAST_GRP_NAME, CTRL_ATTR_MCAST_GRP_ID = 1, 2
 NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS, NLMSGERR_ATTR_MISS_TYPE, NLMSGERR_ATTR_MISS_NEST = 1, 2, 5, 6
 
-# kmod/spec/ntm.yaml
-CMD = dict(dev_set=1, dev_get=2, tunnel_new=3, tunnel_set=4, tunnel_get=5, tunnel_del=6,
-           tunnel_destroyed_ntf=7, tunnel_miss_ntf=8, endpoint_changed_ntf=9, tunnel_keepalive=10)
 CMD_NAME = {v: k.replace('_', '-') for k, v in CMD.items()}
-A = dict(ifindex=1, sock_fd4=2, sock_fd6=3, idle_timeout_ms=4, tunnel=5, miss_vip4=6, miss_vip6=7,
-         rx_orphans=8)
-T = dict(local_id=1, remote_id=2, vip4=3, vip6=4, endpoint_ip4=5, endpoint_ip6=6, endpoint_port=7,
-         send_key=8, recv_key=9, label=10, idle_ms=11, tx_packets=12, tx_bytes=13, rx_packets=14,
-         rx_bytes=15, rx_dropped=16, reason=17)
-REASONS = ['idle', 'deleted', 'device-down', 'error']
+A = ATTRS['ntm']
+T = ATTRS['tunnel']
 
 
 class NlError(Exception):
@@ -122,47 +119,47 @@ def ip6(b):
     return socket.inet_ntop(socket.AF_INET6, b)
 
 
-def decode_tunnel(b):
+def decode_value(kind, v):
+    if kind == 'u32':
+        return struct.unpack('=I', v)[0]
+    if kind == 's32':
+        return struct.unpack('=i', v)[0]
+    if kind == 'u16be':
+        return struct.unpack('!H', v)[0]
+    if kind == 'u32be':
+        return struct.unpack('!I', v)[0]
+    if kind == 'uint':
+        return uint(v)
+    if kind == 'ipv4':
+        return ip4(v)
+    if kind == 'ipv6':
+        return ip6(v)
+    if kind == 'string':
+        return v.rstrip(b'\0').decode()
+    return v.hex()
+
+
+def decode_attrs(set_name, b):
+    """The attributes of `set_name` in b, by name (nests decoded too; unknown types left out)."""
     a = parse_attrs(b)
-    t = {}
-    for name, ty in T.items():
+    out = {}
+    for name, ty in ATTRS[set_name].items():
         if ty not in a:
             continue
-        v = a[ty]
-        if name in ('local_id', 'remote_id', 'idle_ms', 'reason'):
-            t[name] = struct.unpack('=I', v)[0]
-        elif name in ('vip4', 'endpoint_ip4'):
-            t[name] = ip4(v)
-        elif name in ('vip6', 'endpoint_ip6'):
-            t[name] = ip6(v)
-        elif name == 'endpoint_port':
-            t[name] = struct.unpack('!H', v)[0]
-        elif name == 'label':
-            t[name] = v.rstrip(b'\0').decode()
-        elif name in ('send_key', 'recv_key'):
-            t[name] = v.hex()
+        kind = TYPES[set_name][name]
+        if kind == 'nest':
+            out[name] = decode_attrs(NESTS[set_name][name], a[ty])
         else:
-            t[name] = uint(v)
-    if 'reason' in t:
-        t['reason_name'] = REASONS[t['reason']] if t['reason'] < len(REASONS) else t['reason']
-    return t
+            out[name] = decode_value(kind, a[ty])
+    return out
 
 
 def decode(cmd, attrs):
-    a = parse_attrs(attrs)
     d = {'cmd': CMD_NAME.get(cmd, cmd)}
-    if A['ifindex'] in a:
-        d['ifindex'] = struct.unpack('=I', a[A['ifindex']])[0]
-    if A['idle_timeout_ms'] in a:
-        d['idle_timeout_ms'] = struct.unpack('=I', a[A['idle_timeout_ms']])[0]
-    if A['rx_orphans'] in a:
-        d['rx_orphans'] = uint(a[A['rx_orphans']])
-    if A['miss_vip4'] in a:
-        d['miss_vip4'] = ip4(a[A['miss_vip4']])
-    if A['miss_vip6'] in a:
-        d['miss_vip6'] = ip6(a[A['miss_vip6']])
-    if A['tunnel'] in a:
-        d['tunnel'] = decode_tunnel(a[A['tunnel']])
+    d.update(decode_attrs('ntm', attrs))
+    t = d.get('tunnel', {})
+    if 'reason' in t:
+        t['reason_name'] = DESTROY_REASON.get(t['reason'], t['reason'])
     return d
 
 
@@ -207,7 +204,7 @@ class Genl:
         self.family = None
         self.groups = {}
 
-    def send(self, ty, flags, cmd, payload, version=1):
+    def send(self, ty, flags, cmd, payload, version=FAMILY_VERSION):
         self.seq += 1
         body = struct.pack('=BBH', cmd, version, 0) + payload
         self.sock.send(struct.pack('=IHHII', 16 + len(body), ty, flags, self.seq, 0) + body)
@@ -259,7 +256,7 @@ class Genl:
                     return replies
                 replies.append((payload[0], payload[4:]))
 
-    def resolve(self, name='ntm'):
+    def resolve(self, name=FAMILY_NAME):
         r = self.request(CTRL_CMD_GETFAMILY, nla(CTRL_ATTR_FAMILY_NAME, name.encode() + b'\0'), ty=GENL_ID_CTRL)
         a = parse_attrs(r[0][1])
         self.family = struct.unpack('=H', a[CTRL_ATTR_FAMILY_ID])[0]
@@ -269,7 +266,7 @@ class Genl:
                 '=I', ga[CTRL_ATTR_MCAST_GRP_ID])[0]
         return self
 
-    def subscribe(self, group='events'):
+    def subscribe(self, group=MCGRP_EVENTS):
         self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, self.groups[group])
 
     def events(self):
@@ -541,6 +538,12 @@ def cmd_fuzz(ifname):
     expect_error('tunnel-del with a vip',
                  lambda: tunnel_new(g, ifi, dict(local_id=0x12345, vip4='1.2.3.4'), cmd='tunnel_del'), errno.EINVAL,
                  'local-id only')
+    expect_error('tunnel-del with a reported attribute',
+                 lambda: tunnel_new(g, ifi, dict(local_id=0x12345, raw={T['reason']: '00000000'}), cmd='tunnel_del'),
+                 errno.EINVAL, 'reported by the module')
+    expect_error('tunnel-get with a reported attribute',
+                 lambda: tunnel_new(g, ifi, dict(local_id=0x12345, raw={T['idle_ms']: '00000000'}), cmd='tunnel_get'),
+                 errno.EINVAL, 'local-id only')
     expect_error('tunnel-keepalive unknown local-id',
                  lambda: tunnel_new(g, ifi, dict(local_id=0x12345), cmd='tunnel_keepalive'), errno.ENOENT,
                  'no tunnel with this local-id')
