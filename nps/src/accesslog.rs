@@ -26,16 +26,23 @@ const QUEUE: usize = 16 * 1024;
 /// One request, as logged.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The client's address (an IPv4-mapped IPv6 address is logged as IPv4).
     pub client: IpAddr,
+    /// When the request arrived (logged in UTC).
     pub time: SystemTime,
+    /// The request method, as sent.
     pub method: Method,
     /// The request target as the client sent it (origin-form path and query, or absolute-form).
     pub target: String,
+    /// The HTTP version the client spoke (`HTTP/1.1`, `HTTP/2.0`...).
     pub version: Version,
+    /// The status code sent to the client: the node's, or the NPS's own error page.
     pub status: u16,
     /// Response body bytes sent.
     pub bytes: u64,
+    /// The request's `Referer` header, if any (logged as `-` otherwise).
     pub referer: Option<HeaderValue>,
+    /// The request's `User-Agent` header, if any (logged as `-` otherwise).
     pub user_agent: Option<HeaderValue>,
 }
 

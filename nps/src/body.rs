@@ -17,6 +17,7 @@ use crate::errors::{BoxBody, BoxError};
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than {limit} bytes")]
 pub struct BodyTooLarge {
+    /// The configured `max_request_body`, in bytes.
     pub limit: u64,
 }
 
@@ -30,6 +31,8 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
+    /// Wraps the client's body: every data byte is added to `count` (the request's bytes in);
+    /// past `limit` bytes (0: no limit) the body fails with [`BodyTooLarge`].
     pub fn new(inner: Incoming, limit: u64, count: Arc<AtomicU64>) -> RequestBody {
         RequestBody { inner, count, seen: 0, limit }
     }
@@ -75,10 +78,13 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
+    /// Wraps a response body; `on_done` runs once with the bytes sent, when the body ends or is
+    /// dropped.
     pub fn new(inner: BoxBody, on_done: OnDone) -> ResponseBody {
         ResponseBody { inner, sent: 0, on_done: Some(on_done) }
     }
 
+    /// Wraps a response body that nothing waits for: bytes are counted but no callback runs.
     pub fn plain(inner: BoxBody) -> ResponseBody {
         ResponseBody { inner, sent: 0, on_done: None }
     }

@@ -12,15 +12,26 @@ use std::time::Duration;
 use host::config::{Load, Source, Spanned};
 use serde::Deserialize;
 
+/// Default `listen_http`: port 80 on every IPv4 and every IPv6 address.
 pub const DEFAULT_LISTEN_HTTP: [&str; 2] = ["0.0.0.0:80", "[::]:80"];
+/// Default `resolver`: the stub of the `ntmd` running on the same host.
 pub const DEFAULT_RESOLVER: &str = "127.0.0.1:53";
+/// Default `upstream_port`: the node's web server speaks plain HTTP on port 80.
 pub const DEFAULT_UPSTREAM_PORT: u16 = 80;
+/// Default `connect_timeout_ms` (5 s): resolving the node, which may build its tunnel, plus
+/// the TCP connect to its VIP.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default `response_timeout_ms` (30 s) to the node's response headers.
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 30_000;
+/// Default `max_request_body`, in bytes (100 MiB).
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 100 << 20;
+/// Default `cert_dir`, where `<fqdn>.crt` and `<fqdn>.key` are looked for.
 pub const DEFAULT_CERT_DIR: &str = "/etc/ntm/certs";
+/// Default `pool_idle_timeout_ms` (60 s) of an idle connection to a node.
 pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default `pool_max_idle_per_node`.
 pub const DEFAULT_POOL_MAX_IDLE_PER_NODE: usize = 64;
+/// Default `header_timeout_ms` (30 s) for a client to send a request's headers.
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 30_000;
 /// Default port of a passthrough site's TLS server on the node.
 pub const DEFAULT_UPSTREAM_TLS_PORT: u16 = 443;
@@ -34,6 +45,7 @@ pub struct Config {
     pub listen_https: Vec<SocketAddr>,
     /// The DNS resolver that turns an NTM name into its VIP: the local `ntmd` stub.
     pub resolver: SocketAddr,
+    /// Where the combined-format access log is written; `None`: no access log.
     pub access_log: Option<LogTarget>,
     /// Where the Prometheus metrics are served (`GET /metrics`).
     pub metrics_listen: Option<SocketAddr>,
@@ -49,14 +61,20 @@ pub struct Config {
     pub cert_dir: PathBuf,
     /// How long an idle connection to a node stays in the pool.
     pub pool_idle_timeout: Duration,
+    /// Idle connections kept per node (VIP and port); a connection that would exceed it is
+    /// closed. 0 disables the pool.
     pub pool_max_idle_per_node: usize,
+    /// The FQDNs served, without duplicates; a request for any other host gets 404.
     pub sites: Vec<Site>,
 }
 
 /// Where the access log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogTarget {
+    /// Standard output (`access_log = "-"`).
     Stdout,
+    /// A file, appended to and created if missing; a relative path is taken from the
+    /// configuration file's directory.
     File(PathBuf),
 }
 
@@ -74,6 +92,8 @@ impl fmt::Display for LogTarget {
 pub struct Site {
     /// Lowercase, without the trailing dot.
     pub fqdn: String,
+    /// Whether HTTPS requests for this site are refused, terminated here or passed through.
+    /// Any mode but `none` needs `listen_https`.
     pub tls: TlsMode,
     /// Port of the web server on the node (plain HTTP).
     pub upstream_port: u16,

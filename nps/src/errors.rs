@@ -10,37 +10,88 @@ use http_body_util::{BodyExt, Full};
 
 use crate::resolve::ResolveError;
 
+/// Any error a body or connection can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the proxy builds or relays: the node's body, or an error page.
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// Every way a request can fail before the node's response is relayed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// 400: no, several, empty or non-ASCII Host, a bad target, or a body that could not be
+    /// read; the text says which.
     #[error("malformed request: {0}")]
     BadRequest(String),
+    /// 404: the host (normalized) is not one of the configured sites.
     #[error("no site {0:?} on this proxy")]
     UnknownHost(String),
+    /// 403: an absolute-form request (proxy style) for a host that is not a site.
     #[error("absolute-form request for {0:?}, which is not served here")]
     NotOpenProxy(String),
+    /// 405: a CONNECT request; the NPS does not open tunnels for clients.
     #[error("CONNECT refused")]
     Connect,
+    /// 421: a request on a terminated TLS connection for a host other than the connection's SNI.
     #[error("request for {host:?} on a TLS connection for {sni:?}")]
-    Misdirected { sni: String, host: String },
+    Misdirected {
+        /// The server name the TLS connection was made for.
+        sni: String,
+        /// The host the request asked for.
+        host: String,
+    },
+    /// 413: the body is (or announces to be) larger than `max_request_body`.
     #[error("request body larger than {limit} bytes")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The configured limit, in bytes.
+        limit: u64,
+    },
+    /// 502 (504 on a timeout): the local `ntmd` stub gave no VIP for the site.
     #[error("cannot resolve {fqdn}: {error}")]
-    Resolve { fqdn: String, error: ResolveError },
+    Resolve {
+        /// The site's FQDN.
+        fqdn: String,
+        /// What the resolver reported.
+        error: ResolveError,
+    },
+    /// 502: the TCP connect to the node's web server failed.
     #[error("cannot connect to {fqdn} at {addr}: {error}")]
-    ConnectFailed { fqdn: String, addr: SocketAddr, error: String },
+    ConnectFailed {
+        /// The site's FQDN.
+        fqdn: String,
+        /// The node's VIP and upstream port.
+        addr: SocketAddr,
+        /// The connect error.
+        error: String,
+    },
+    /// 504: resolving plus connecting took longer than `connect_timeout`.
     #[error("connecting to {fqdn} took longer than {}ms", .after.as_millis())]
-    ConnectTimeout { fqdn: String, after: Duration },
+    ConnectTimeout {
+        /// The site's FQDN.
+        fqdn: String,
+        /// The configured `connect_timeout`.
+        after: Duration,
+    },
+    /// 504: the node took the request but sent no response headers within `response_timeout`.
     #[error("{fqdn} sent no response headers within {}ms", .after.as_millis())]
-    ResponseTimeout { fqdn: String, after: Duration },
+    ResponseTimeout {
+        /// The site's FQDN.
+        fqdn: String,
+        /// The configured `response_timeout`.
+        after: Duration,
+    },
+    /// 502: the connection to the node failed (handshake, reset, invalid response, an
+    /// unrequested protocol switch).
     #[error("{fqdn} failed: {error}")]
-    Upstream { fqdn: String, error: String },
+    Upstream {
+        /// The site's FQDN.
+        fqdn: String,
+        /// The chain of errors, outermost first.
+        error: String,
+    },
 }
 
 impl ProxyError {
+    /// The status code the client gets for this error.
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -154,6 +205,7 @@ pub fn page(status: StatusCode, headline: &str, detail: &str) -> Response<BoxBod
     resp
 }
 
+/// A response body made of `body`, whole.
 pub fn full(body: impl Into<Bytes>) -> BoxBody {
     Full::new(body.into()).map_err(|never| match never {}).boxed()
 }

@@ -18,25 +18,43 @@ use crate::errors::{full, BoxBody};
 /// Label of requests that matched no site.
 pub const NO_SITE: &str = "-";
 
+/// Every counter of the proxy, shared by the listeners, the request handlers and the
+/// `/metrics` server. The counters without accessor methods are updated in place by whoever
+/// sees the event; bytes of relayed connections are added when the connection closes cleanly.
 pub struct Metrics {
     sites: Mutex<BTreeMap<String, SiteStats>>,
     /// Resolution (tunnel build) latency, by result (ok, error).
     resolve: Family<Labels, Histogram, fn() -> Histogram>,
     resolve_errors: Mutex<BTreeMap<&'static str, u64>>,
     resolve_cached: AtomicU64,
+    /// Client connections accepted on a `listen_http` socket.
     pub connections_accepted_http: AtomicU64,
+    /// Client connections accepted on a `listen_https` socket (before any TLS).
     pub connections_accepted_https: AtomicU64,
+    /// Client connections open now (a gauge: up on accept, down on close).
     pub connections_open: AtomicI64,
+    /// TLS connections that failed before HTTP: no or a bad ClientHello in time, no site
+    /// terminating TLS, or a failed handshake.
     pub tls_handshake_errors: AtomicU64,
+    /// Requests whose connection switched protocols (WebSocket) and was then relayed as bytes.
     pub upgrades: AtomicU64,
+    /// Bytes from clients to nodes on upgraded connections.
     pub upgraded_bytes_in: AtomicU64,
+    /// Bytes from nodes to clients on upgraded connections.
     pub upgraded_bytes_out: AtomicU64,
+    /// TLS connections relayed untouched, by SNI, to a passthrough site's node.
     pub passthrough_connections: AtomicU64,
+    /// Passthrough connections that could not reach the node (resolution or connect failed).
     pub passthrough_errors: AtomicU64,
+    /// Bytes from clients to nodes on passthrough connections, ClientHello included.
     pub passthrough_bytes_in: AtomicU64,
+    /// Bytes from nodes to clients on passthrough connections.
     pub passthrough_bytes_out: AtomicU64,
+    /// Access log entries dropped because the writer thread fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Configuration reloads (SIGHUP) applied.
     pub reloads_ok: AtomicU64,
+    /// Configuration reloads rejected; the previous configuration stays in force.
     pub reloads_failed: AtomicU64,
 }
 
@@ -118,6 +136,7 @@ impl Metrics {
         }
     }
 
+    /// A site's VIP taken from the resolver's cache, without asking ntmd.
     pub fn resolution_cached(&self) {
         self.resolve_cached.fetch_add(1, Relaxed);
     }

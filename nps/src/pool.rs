@@ -28,20 +28,28 @@ struct Idle {
     since: Instant,
 }
 
+/// Why a request could not be relayed to its node.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// No TCP connection to the node's VIP before the request's connect deadline.
     #[error("TCP connect timed out")]
     ConnectTimeout,
+    /// The TCP connect failed (refused, unreachable).
     #[error("{0}")]
     Connect(io::Error),
+    /// The new connection failed before it could carry a request.
     #[error("HTTP handshake failed: {0}")]
     Handshake(hyper::Error),
+    /// The node's response headers did not come within this time of sending the request.
     #[error("no response headers within {}ms", .0.as_millis())]
     ResponseTimeout(Duration),
+    /// The connection failed while the request was sent or its response read; the request
+    /// is not retried, since the node may have acted on it.
     #[error("{0}")]
     Send(hyper::Error),
 }
 
+/// The idle HTTP/1.1 connections to the nodes, by node address; shared by every request.
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     idle_timeout: Duration,
@@ -50,6 +58,9 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// An empty pool whose connections stay idle at most `idle_timeout`, `max_idle` per node
+    /// (0: none kept). Starts the task that sweeps expired connections (needs a tokio runtime);
+    /// the task ends when the pool is dropped.
     pub fn new(idle_timeout: Duration, max_idle: usize, metrics: Arc<Metrics>) -> Arc<Pool> {
         let pool = Arc::new(Pool { idle: Mutex::new(HashMap::new()), idle_timeout, max_idle, metrics });
         tokio::spawn(sweep(Arc::downgrade(&pool), (idle_timeout / 2).max(Duration::from_secs(1))));

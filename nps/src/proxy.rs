@@ -36,20 +36,28 @@ use crate::upgrade;
 /// Everything a request needs from one generation of the configuration. A reload builds a new
 /// one; requests in flight finish with the one they started with.
 pub struct Shared {
+    /// The configuration this generation was built from.
     pub config: Config,
     sites: HashMap<String, Site>,
+    /// Turns a site's FQDN into its VIP through the local `ntmd` stub (`resolver`).
     pub resolver: Arc<Resolver>,
+    /// Keep-alive connections to the nodes; a reload starts a new, empty pool.
     pub pool: Arc<Pool>,
+    /// The access log writer, if `access_log` is set.
     pub access_log: Option<AccessLog>,
+    /// The process's counters, the same across reloads.
     pub metrics: Arc<Metrics>,
     /// The TLS server configuration of the terminated sites.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// Why a configuration could not be put into service (at start or on reload).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// A terminated site's certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The access log file could not be opened for appending.
     #[error("{0}")]
     AccessLog(std::io::Error),
 }
@@ -69,6 +77,7 @@ impl Shared {
         Ok(Shared { sites: config.site_map(), config, resolver: Arc::new(resolver), pool, access_log, metrics, tls })
     }
 
+    /// The site serving `host` (normalized: lowercase, no port, no trailing dot).
     pub fn site(&self, host: &str) -> Option<&Site> {
         self.sites.get(host)
     }
@@ -77,6 +86,7 @@ impl Shared {
 /// The client connection a request came on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The client's address and port, as accepted.
     pub peer: SocketAddr,
     /// TLS terminated here.
     pub tls: bool,

@@ -24,20 +24,38 @@ pub const MAX_CACHE: Duration = Duration::from_secs(1);
 /// Why a name could not be resolved, in words a browser user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
+    /// SERVFAIL: `ntmd` could not build the tunnel to the node.
     #[error("the resolver answered SERVFAIL: the tunnel to the node could not be built")]
     ServFail,
+    /// NXDOMAIN: the name does not exist; no such node is enrolled.
     #[error("the name does not exist (NXDOMAIN): no such node is registered")]
     NxDomain,
+    /// The name exists but has neither an A nor an AAAA record.
     #[error("the resolver has no address (VIP) for this name")]
     NoAddress,
+    /// REFUSED: the resolver, or the server behind it, would not answer the query.
     #[error("the resolver refused the query (REFUSED)")]
     Refused,
+    /// Any other response code, by name.
     #[error("the resolver answered {0}")]
     Rcode(String),
+    /// The query could not be sent or its answer read.
     #[error("cannot query the resolver {server}: {error}")]
-    Io { server: SocketAddr, error: String },
+    Io {
+        /// The resolver asked (`resolver` in the configuration).
+        server: SocketAddr,
+        /// What the DNS client reported.
+        error: String,
+    },
+    /// No answer within the resolution's time budget (`connect_timeout`).
     #[error("the resolver {server} did not answer within {}ms (the tunnel is still being built?)", .after.as_millis())]
-    Timeout { server: SocketAddr, after: Duration },
+    Timeout {
+        /// The resolver asked.
+        server: SocketAddr,
+        /// The budget that ran out.
+        after: Duration,
+    },
+    /// The name could not be put in a query, or the answer made no sense.
     #[error("bad answer from the resolver: {0}")]
     BadAnswer(String),
 }
@@ -61,6 +79,7 @@ impl ResolveError {
 /// One successful resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
+    /// The node's VIP: its IPv4 VIP if it has one, else its IPv6 VIP.
     pub addr: IpAddr,
     /// Time the queries took (the tunnel build, when there was one); zero for a cached answer.
     pub took: Duration,
@@ -89,16 +108,20 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    /// A resolver asking `server` (the local `ntmd` stub); one resolution, retransmissions
+    /// included, fails with [`ResolveError::Timeout`] after `timeout`.
     pub fn new(server: SocketAddr, timeout: Duration) -> Resolver {
         let client = Client::new(vec![server]).with_timeout(timeout);
         Resolver { server, client, timeout, slots: Mutex::new(HashMap::new()), observer: None }
     }
 
+    /// Calls `observer` after every resolution that went to the resolver (not cache hits).
     pub fn with_observer(mut self, observer: Observer) -> Resolver {
         self.observer = Some(observer);
         self
     }
 
+    /// The resolver this client asks.
     pub fn server(&self) -> SocketAddr {
         self.server
     }

@@ -33,17 +33,30 @@ pub struct DrainToken(#[allow(dead_code)] mpsc::Sender<()>);
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// Plain HTTP from clients (`listen_http`).
     Http,
+    /// TLS from clients, terminated or passed through (`listen_https`).
     Https,
+    /// The Prometheus page (`metrics_listen`).
     Metrics,
 }
 
+/// Why the NPS could not start, or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The configuration's certificates or access log could not be loaded.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A listener could not be bound.
     #[error("cannot listen on {addr} ({kind:?}): {error}")]
-    Bind { addr: SocketAddr, kind: Kind, error: std::io::Error },
+    Bind {
+        /// The address as configured.
+        addr: SocketAddr,
+        /// What it was to serve.
+        kind: Kind,
+        /// The bind error (address in use, not local, permission).
+        error: std::io::Error,
+    },
 }
 
 struct Listener {
@@ -103,6 +116,7 @@ impl Server {
         listeners.iter().filter(|l| l.kind == kind).map(|l| l.local).collect()
     }
 
+    /// The counters of this server, which outlive reloads.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.inner.metrics.clone()
     }

@@ -26,18 +26,45 @@ use crate::config::{Config, TlsMode};
 /// The most ClientHello bytes read before giving up.
 const MAX_HELLO: usize = 64 * 1024;
 
+/// A terminated site's certificate that cannot be loaded, or a client's first bytes that are
+/// not a usable ClientHello.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// `<cert_dir>/<fqdn>.crt` is missing, unreadable or holds no PEM certificate.
     #[error("{fqdn}: cannot read certificate {path}: {error}")]
-    Cert { fqdn: String, path: PathBuf, error: String },
+    Cert {
+        /// The site.
+        fqdn: String,
+        /// The certificate file.
+        path: PathBuf,
+        /// What was wrong with it.
+        error: String,
+    },
+    /// `<cert_dir>/<fqdn>.key` is missing, unreadable, or holds no private key rustls can use.
     #[error("{fqdn}: cannot read private key {path}: {error}")]
-    Key { fqdn: String, path: PathBuf, error: String },
+    Key {
+        /// The site.
+        fqdn: String,
+        /// The key file.
+        path: PathBuf,
+        /// What was wrong with it.
+        error: String,
+    },
+    /// The private key is not the one of the certificate.
     #[error("{fqdn}: {error}")]
-    KeyMismatch { fqdn: String, error: String },
+    KeyMismatch {
+        /// The site.
+        fqdn: String,
+        /// Which files disagree, and how.
+        error: String,
+    },
+    /// Reading from the client failed, or it closed before a whole ClientHello.
     #[error("cannot read the ClientHello: {0}")]
     Io(#[from] io::Error),
+    /// The client's first bytes are not a TLS ClientHello.
     #[error("not a TLS ClientHello: {0}")]
     BadHello(String),
+    /// More than 64 KiB arrived without a whole ClientHello.
     #[error("the ClientHello is larger than {MAX_HELLO} bytes")]
     HelloTooLarge,
 }
@@ -110,6 +137,7 @@ fn load_site(dir: &Path, fqdn: &str) -> Result<CertifiedKey, TlsError> {
 
 /// The bytes of a ClientHello and the server name it asks for.
 pub struct Hello {
+    /// Every byte read from the client so far, to be replayed to rustls or to the node.
     pub bytes: Vec<u8>,
     /// Lowercase, without a trailing dot; `None` without SNI.
     pub sni: Option<String>,
@@ -154,6 +182,7 @@ pub struct Rewind<S> {
 }
 
 impl<S> Rewind<S> {
+    /// A stream that replays `prefix` (bytes already read from `inner`) before reading on.
     pub fn new(prefix: Vec<u8>, inner: S) -> Rewind<S> {
         Rewind { prefix, pos: 0, inner }
     }

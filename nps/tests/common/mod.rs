@@ -25,12 +25,12 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type TestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type TestBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// What the fake resolver answers for a name.
 #[derive(Debug, Clone, Copy)]
-pub enum Answer {
+pub(crate) enum Answer {
     A(Ipv4Addr),
     /// NODATA for A, this for AAAA.
     Aaaa(Ipv6Addr),
@@ -43,14 +43,14 @@ pub enum Answer {
 /// A fake `ntmd` stub: A records (TTL 1) for known names, NODATA for their AAAA, NXDOMAIN for
 /// unknown names; an optional delay stands for a tunnel build.
 #[derive(Clone)]
-pub struct FakeDns {
+pub(crate) struct FakeDns {
     pub addr: SocketAddr,
     names: Arc<Mutex<HashMap<String, (Answer, Duration)>>>,
     queries: Arc<Mutex<Vec<(String, RecordType)>>>,
 }
 
 impl FakeDns {
-    pub async fn start() -> FakeDns {
+    pub(crate) async fn start() -> FakeDns {
         let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let dns = FakeDns { addr: sock.local_addr().unwrap(), names: Arc::default(), queries: Arc::default() };
         let d = dns.clone();
@@ -96,22 +96,22 @@ impl FakeDns {
         dns
     }
 
-    pub fn set(&self, name: &str, answer: Answer, delay: Duration) {
+    pub(crate) fn set(&self, name: &str, answer: Answer, delay: Duration) {
         self.names.lock().unwrap().insert(name.to_owned(), (answer, delay));
     }
 
     /// Queries received for `name` of type `rtype`.
-    pub fn count(&self, name: &str, rtype: RecordType) -> usize {
+    pub(crate) fn count(&self, name: &str, rtype: RecordType) -> usize {
         self.queries.lock().unwrap().iter().filter(|(n, t)| n == name && *t == rtype).count()
     }
 }
 
 /// Byte `i` of every `/bytes/N` body (the lab web app's pattern).
-pub fn pattern_byte(i: u64) -> u8 {
+pub(crate) fn pattern_byte(i: u64) -> u8 {
     (i % 251) as u8
 }
 
-pub fn pattern_sha256(n: u64) -> String {
+pub(crate) fn pattern_sha256(n: u64) -> String {
     let chunk: Vec<u8> = (0..251 * 256).map(|i| pattern_byte(i as u64)).collect();
     let mut h = Sha256::new();
     let mut left = n;
@@ -123,7 +123,7 @@ pub fn pattern_sha256(n: u64) -> String {
     hex(&h.finalize())
 }
 
-pub fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -149,11 +149,11 @@ impl Body for PatternBody {
     }
 }
 
-pub fn full(b: impl Into<Bytes>) -> TestBody {
+pub(crate) fn full(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).map_err(|e| match e {}).boxed()
 }
 
-pub fn empty() -> TestBody {
+pub(crate) fn empty() -> TestBody {
     Empty::new().map_err(|e| match e {}).boxed()
 }
 
@@ -163,16 +163,16 @@ pub fn empty() -> TestBody {
 /// * `POST /sha256`: the hex SHA-256 and length of the request body (read streaming)
 /// * `GET /slow`: 200 after 1.5 s
 /// * `GET /ws`: WebSocket echo
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
 }
 
 impl Upstream {
-    pub async fn start(name: &str) -> Upstream {
+    pub(crate) async fn start(name: &str) -> Upstream {
         Upstream::start_on(name, "127.0.0.1:0".parse().unwrap()).await
     }
 
-    pub async fn start_on(name: &str, addr: SocketAddr) -> Upstream {
+    pub(crate) async fn start_on(name: &str, addr: SocketAddr) -> Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let name: Arc<str> = name.into();
@@ -192,7 +192,7 @@ impl Upstream {
         Upstream { addr }
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.port()
     }
 }
@@ -264,7 +264,7 @@ async fn upstream_handle(name: Arc<str>, mut req: Request<Incoming>) -> Result<R
 }
 
 /// One request over a fresh HTTP/1.1 connection to `proxy`.
-pub async fn send1(proxy: SocketAddr, req: Request<TestBody>) -> Response<Incoming> {
+pub(crate) async fn send1(proxy: SocketAddr, req: Request<TestBody>) -> Response<Incoming> {
     let tcp = TcpStream::connect(proxy).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);
@@ -272,7 +272,7 @@ pub async fn send1(proxy: SocketAddr, req: Request<TestBody>) -> Response<Incomi
 }
 
 /// `GET path` with `Host: host` over a fresh HTTP/1.1 connection; status, headers and body.
-pub async fn get(proxy: SocketAddr, host: &str, path: &str) -> (StatusCode, HeaderMap, String) {
+pub(crate) async fn get(proxy: SocketAddr, host: &str, path: &str) -> (StatusCode, HeaderMap, String) {
     let req = Request::get(path).header(header::HOST, host).body(empty()).unwrap();
     let resp = send1(proxy, req).await;
     let (parts, body) = resp.into_parts();
@@ -281,7 +281,7 @@ pub async fn get(proxy: SocketAddr, host: &str, path: &str) -> (StatusCode, Head
 }
 
 /// Sends raw bytes and returns everything read until the server closes or 2 s pass.
-pub async fn raw(proxy: SocketAddr, request: &str) -> String {
+pub(crate) async fn raw(proxy: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = TcpStream::connect(proxy).await.unwrap();
     tcp.write_all(request.as_bytes()).await.unwrap();
@@ -314,6 +314,6 @@ pub async fn raw(proxy: SocketAddr, request: &str) -> String {
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
