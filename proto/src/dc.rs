@@ -23,10 +23,14 @@ use crate::wire::Packet;
 /// A direction that has not finished within this time fails.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What the DC core is told at start; the daemon builds it from its configuration file.
 #[derive(Debug, Clone)]
 pub struct DcConfig {
+    /// The zone this DC is authoritative for (normalized by [`DcCore::new`]).
     pub zone: String,
+    /// The DC's static key: nodes and peer DCs address their handshakes to its public half.
     pub secret: SecretKey,
+    /// The re-registration interval given to every node in `Registered.keepalive_ms`.
     pub keepalive: Duration,
     /// Enrolled nodes: FQDN → key.
     pub enrolled: HashMap<String, PublicKey>,
@@ -41,8 +45,9 @@ pub struct DcCounters {
     pub registrations: u64,
     /// Registrations refused (not enrolled, wrong key).
     pub refused: u64,
-    /// Directions answered with a path, and answered with an error.
+    /// Directions answered with a path.
     pub directions_ok: u64,
+    /// Directions answered with an error (including those that timed out).
     pub directions_failed: u64,
     /// Directions that went to another zone's DC.
     pub directions_remote: u64,
@@ -52,7 +57,12 @@ pub struct DcCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DcCommand {
     /// Find the DC responsible for `target` (SRV `_ntm._udp.<zone>`), then call `dc_located`.
-    Locate { id: u64, target: String },
+    Locate {
+        /// The direction waiting for the answer; give it back to [`DcCore::dc_located`].
+        id: u64,
+        /// The FQDN of the node whose zone's DC is wanted.
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +80,8 @@ struct Op {
     deadline: Instant,
 }
 
+/// The DC's protocol state machine, over a node registry `R` (SQLite in the daemon, memory in
+/// the simulation). Feed it datagrams, timeouts and located DCs; drain transmits and commands.
 pub struct DcCore<R> {
     cfg: DcConfig,
     by_key: HashMap<PublicKey, String>,
@@ -89,6 +101,8 @@ pub struct DcCore<R> {
 }
 
 impl<R: Registry> DcCore<R> {
+    /// A core for `cfg` (names normalized: lowercase, no trailing dot) keeping registrations in
+    /// `registry`.
     pub fn new(mut cfg: DcConfig, registry: R) -> Self {
         cfg.zone = normalize(&cfg.zone);
         cfg.enrolled = cfg.enrolled.into_iter().map(|(f, k)| (normalize(&f), k)).collect();
@@ -114,6 +128,7 @@ impl<R: Registry> DcCore<R> {
         }
     }
 
+    /// The registry, for the daemon's metrics and status.
     pub fn registry(&self) -> &R {
         &self.registry
     }
@@ -123,10 +138,12 @@ impl<R: Registry> DcCore<R> {
         self.drops
     }
 
+    /// What the DC has done so far.
     pub fn counters(&self) -> DcCounters {
         self.counters
     }
 
+    /// The DC's zone, normalized.
     pub fn zone(&self) -> &str {
         &self.cfg.zone
     }
@@ -135,6 +152,8 @@ impl<R: Registry> DcCore<R> {
         fqdn.strip_suffix(&self.cfg.zone).is_some_and(|h| h.ends_with('.') && h.len() > 1)
     }
 
+    /// Handles one UDP datagram received on a signaling socket from `from`; anything that is not
+    /// a valid request or an expected response is dropped and counted in [`DcCore::drops`].
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Now) {
         match Packet::parse(data) {
             Ok(Packet::Init { sender, noise }) => match exchange::accept(&self.cfg.secret, from, sender, noise) {
@@ -483,11 +502,15 @@ impl<R: Registry> DcCore<R> {
         }
     }
 
+    /// When [`DcCore::handle_timeout`] must next be called: a retransmission or a direction's
+    /// deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ops = self.ops.values().map(|o| o.deadline).min();
         [ops, self.exchanges.poll_timeout()].into_iter().flatten().min()
     }
 
+    /// Retransmits what is due, and fails directions whose target or peer DC does not answer or
+    /// that have run for 15 s.
     pub fn handle_timeout(&mut self, now: Now) {
         let (retx, failed) = self.exchanges.on_timeout(&self.cfg.secret, &mut self.ts, now);
         self.transmits.extend(retx);
@@ -505,10 +528,12 @@ impl<R: Registry> DcCore<R> {
         }
     }
 
+    /// The next datagram to send, if any; call until `None` after every input.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The next piece of work for the daemon (a DC to locate), if any.
     pub fn poll_command(&mut self) -> Option<DcCommand> {
         self.commands.pop_front()
     }

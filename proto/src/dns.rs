@@ -16,16 +16,32 @@ pub const EDNS_PAYLOAD: u16 = 1232;
 /// How many CNAMEs `Answer::addrs_of` follows.
 const MAX_CNAME_CHAIN: usize = 8;
 
+/// Why a query could not be built or a response could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
+    /// The name to query is not a valid DNS name.
     #[error("invalid DNS name {name:?}: {reason}")]
-    BadName { name: String, reason: String },
+    BadName {
+        /// The name as given.
+        name: String,
+        /// What the DNS name parser objected to.
+        reason: String,
+    },
+    /// The bytes are not a DNS message.
     #[error("malformed DNS message: {0}")]
     Malformed(String),
+    /// The message has the QR bit clear.
     #[error("DNS message is a query, not a response")]
     NotResponse,
+    /// A response to another query (late, or spoofed).
     #[error("DNS response id {got} does not match query id {expected}")]
-    IdMismatch { expected: u16, got: u16 },
+    IdMismatch {
+        /// The id of the query sent.
+        expected: u16,
+        /// The id of the response received.
+        got: u16,
+    },
+    /// The query could not be serialized.
     #[error("encoding DNS message: {0}")]
     Encode(String),
 }
@@ -33,11 +49,15 @@ pub enum DnsError {
 /// An SRV record of the answer section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Srv {
+    /// Lower is preferred (RFC 2782).
     pub priority: u16,
+    /// Among targets of one priority, higher gets more of the load.
     pub weight: u16,
+    /// The service's port on the target (a DC's signaling port).
     pub port: u16,
     /// Lowercase, without the trailing dot ("" for the root, i.e. "no service").
     pub target: String,
+    /// Seconds the record may be cached.
     pub ttl: u32,
 }
 
@@ -46,20 +66,26 @@ pub struct Srv {
 pub struct Addr {
     /// Owner name, lowercase, without the trailing dot.
     pub name: String,
+    /// The address (A gives IPv4, AAAA IPv6).
     pub addr: IpAddr,
+    /// Seconds the record may be cached (1 for a VIP from `ntmd`).
     pub ttl: u32,
 }
 
 /// What a DNS response says, reduced to what NTM uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
+    /// The response code (NOERROR, NXDOMAIN, SERVFAIL...).
     pub rcode: ResponseCode,
+    /// AA bit: the server is authoritative for the name.
     pub authoritative: bool,
     /// TC bit: the response was cut, retry over TCP.
     pub truncated: bool,
     /// The question echoed by the server (lowercase name without trailing dot, type).
     pub question: Option<(String, RecordType)>,
+    /// SRV records of the answer section, in the server's order.
     pub srv: Vec<Srv>,
+    /// A and AAAA records of the answer and additional (glue) sections, in that order.
     pub addrs: Vec<Addr>,
     /// CNAME records of the answer section: (owner, target).
     pub cnames: Vec<(String, String)>,
@@ -68,6 +94,7 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The name does not exist (NXDOMAIN).
     pub fn is_nxdomain(&self) -> bool {
         self.rcode == ResponseCode::NXDomain
     }

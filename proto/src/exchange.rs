@@ -16,22 +16,29 @@ use crate::wire;
 /// The two clocks a core needs: a monotonic one for timers and the wall clock for timestamps.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
+    /// Monotonic time, for deadlines and retransmissions.
     pub mono: Instant,
+    /// Wall-clock time in microseconds since the Unix epoch, for request timestamps.
     pub unix_us: u64,
 }
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// Where to send it.
     pub dst: SocketAddr,
+    /// The whole UDP payload (a signaling packet with its wire header).
     pub payload: Vec<u8>,
 }
 
 /// Retransmission schedule: 250 ms, doubling, at most 2 s apart, 6 tries in all (about 8 s).
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
+    /// Wait after the first try.
     pub initial: Duration,
+    /// Longest wait between two tries; the wait doubles up to it.
     pub max: Duration,
+    /// Transmissions in all, the first included; after the last one's wait the exchange fails.
     pub tries: u32,
 }
 
@@ -55,6 +62,8 @@ pub struct TsSource {
 }
 
 impl TsSource {
+    /// The timestamp for a request sent at `unix_us`: that time, or one more than the last
+    /// timestamp given if the clock has not moved on (or went back).
     pub fn next(&mut self, unix_us: u64) -> u64 {
         self.last = (self.last + 1).max(unix_us);
         self.last
@@ -71,6 +80,8 @@ pub struct TsFilter {
 const TS_WINDOW_US: u64 = 30_000_000;
 
 impl TsFilter {
+    /// True if a request from `key` with timestamp `ts` (µs) is fresh: not seen before and no
+    /// more than 30 s older than the newest one seen from that key. Records it.
     pub fn accept(&mut self, key: &PublicKey, ts: u64) -> bool {
         let (highest, seen) = self.keys.entry(*key).or_default();
         if ts.saturating_add(TS_WINDOW_US) < *highest || !seen.insert(ts) {
@@ -90,6 +101,7 @@ pub struct Ids {
 }
 
 impl Ids {
+    /// A random id, non-zero and not in use, reserved until [`Ids::release`].
     pub fn alloc(&mut self) -> u32 {
         loop {
             let id: u32 = rand::random();
@@ -98,6 +110,7 @@ impl Ids {
             }
         }
     }
+    /// Returns `id` to the free space (exchange finished, tunnel gone).
     pub fn release(&mut self, id: u32) {
         self.used.remove(&id);
     }
@@ -118,21 +131,31 @@ struct Pending<T> {
 /// A finished exchange, from the initiator's side.
 #[derive(Debug)]
 pub struct Completed<T> {
+    /// The caller's label of the exchange, as given to [`Initiator::start`].
     pub tag: T,
     /// Our id in the exchange (the tunnel's local receiver id, for tunnel exchanges).
     pub id: u32,
     /// The responder's id (where our data goes, for tunnel exchanges).
     pub remote_id: u32,
+    /// Where the response came from (the responder's address as seen here).
     pub from: SocketAddr,
+    /// The responder's answer; a response of an unknown message version becomes an
+    /// [`ErrorCode::Version`] error.
     pub response: Response,
+    /// The transport keys of the handshake: a tunnel's data keys, unused for signaling.
     pub keys: TunnelKeys,
+    /// Time from the first transmission to the response, retransmissions included.
     pub rtt: Duration,
 }
 
+/// An exchange that had all its tries without a response (or could not build a retry).
 #[derive(Debug)]
 pub struct Failed<T> {
+    /// The caller's label of the exchange.
     pub tag: T,
+    /// Our id in the exchange, for the caller to release.
     pub id: u32,
+    /// The address that did not answer.
     pub dst: SocketAddr,
 }
 
@@ -140,6 +163,7 @@ pub struct Failed<T> {
 #[derive(Debug)]
 pub struct Initiator<T> {
     pending: HashMap<u32, Pending<T>>,
+    /// The retransmission schedule of every request started here.
     pub backoff: Backoff,
 }
 
@@ -152,10 +176,13 @@ impl<T> Default for Initiator<T> {
 /// Why a response was dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
+    /// The receiver id matches no outstanding request (late, duplicated or forged).
     #[error("response to no outstanding request")]
     Unexpected,
+    /// The Noise message 2 did not decrypt or authenticate; the request stays outstanding.
     #[error(transparent)]
     Noise(#[from] noise::NoiseError),
+    /// The response decrypted but its payload could not be decoded.
     #[error(transparent)]
     Msg(#[from] msg::MsgError),
 }
@@ -213,6 +240,7 @@ impl<T> Initiator<T> {
         })
     }
 
+    /// When [`Initiator::on_timeout`] must next be called: the earliest retransmission due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.pending.values().map(|p| p.next_at).min()
     }
@@ -248,10 +276,13 @@ impl<T> Initiator<T> {
         (out, failed)
     }
 
+    /// Forgets the request with our id `id` (its response will be dropped as unexpected);
+    /// returns its tag if it was outstanding.
     pub fn cancel(&mut self, id: u32) -> Option<T> {
         self.pending.remove(&id).map(|p| p.tag)
     }
 
+    /// True if no request is outstanding.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
@@ -260,11 +291,16 @@ impl<T> Initiator<T> {
 /// An accepted request, waiting for its response.
 #[derive(Debug)]
 pub struct Incoming {
+    /// Where the request came from; the response goes back there.
     pub from: SocketAddr,
     /// The initiator's id (the response's receiver).
     pub sender: u32,
+    /// The initiator's static key, authenticated by the handshake: who is asking.
     pub key: PublicKey,
+    /// The request's timestamp (µs since the Unix epoch), for [`TsFilter`]; 0 if the
+    /// payload could not be decoded.
     pub ts: u64,
+    /// The request, or why its payload could not be decoded (answer with an error).
     pub request: Result<Request, msg::MsgError>,
     hs: Handshake,
 }
@@ -297,6 +333,7 @@ impl Incoming {
         Ok((Transmit { dst: self.from, payload: wire::encode_resp(id, self.sender, &m2) }, keys))
     }
 
+    /// Answers the request with an [`ErrorReply`]; `None` if the response could not be built.
     pub fn error(
         self,
         id: u32,

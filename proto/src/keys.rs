@@ -5,10 +5,13 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
+/// Why a key's text form was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
+    /// Not standard base64 (with padding).
     #[error("not valid base64")]
     Base64,
+    /// Valid base64, but of this many bytes instead of 32.
     #[error("a key is 32 bytes, this one is {0}")]
     Length(usize),
 }
@@ -27,9 +30,11 @@ fn decode32(s: &str) -> Result<[u8; 32], KeyError> {
 }
 
 impl PublicKey {
+    /// Reads a key written as standard base64 of 32 bytes (surrounding whitespace ignored).
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
         decode32(s).map(Self)
     }
+    /// The key as standard base64 (44 characters), as configuration files hold it.
     pub fn to_base64(&self) -> String {
         B64.encode(self.0)
     }
@@ -49,22 +54,28 @@ impl fmt::Debug for PublicKey {
 }
 
 impl SecretKey {
+    /// A new random key from the operating system's RNG.
     pub fn generate() -> Self {
         let s = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
         Self(s.to_bytes())
     }
+    /// The key with these raw bytes (clamping happens when it is used).
     pub fn from_bytes(b: [u8; 32]) -> Self {
         Self(b)
     }
+    /// Reads a key written as standard base64 of 32 bytes (surrounding whitespace ignored).
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
         decode32(s).map(Self)
     }
+    /// The key as standard base64, as `private_key` in a configuration file.
     pub fn to_base64(&self) -> String {
         B64.encode(self.0)
     }
+    /// The raw 32 bytes, for the Noise handshake.
     pub fn bytes(&self) -> &[u8; 32] {
         &self.0
     }
+    /// The matching public key: the identity others know this node or DC by.
     pub fn public(&self) -> PublicKey {
         let s = x25519_dalek::StaticSecret::from(self.0);
         PublicKey(x25519_dalek::PublicKey::from(&s).to_bytes())

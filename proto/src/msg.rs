@@ -9,14 +9,18 @@ use serde::{Deserialize, Serialize};
 /// Version of the signaling messages. A peer speaking another version gets a typed error.
 pub const MSG_VERSION: u16 = 1;
 
+/// What a Noise payload holds: the version, the timestamp, then the request or response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope<T> {
+    /// [`MSG_VERSION`] of the sender; read first, alone, so a mismatch is reported as such.
     pub version: u16,
     /// Unix time of the sender in microseconds, strictly increasing per sender.
     pub ts: u64,
+    /// The [`Request`] or [`Response`].
     pub body: T,
 }
 
+/// What an initiator asks, in Noise message 1. Variant indexes are wire values: append only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// node → its DC: register (and, repeated, keep alive).
@@ -31,25 +35,36 @@ pub enum Request {
     Tunnel(TunnelHello),
 }
 
+/// The answer, in Noise message 2. Variant indexes are wire values: append only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
+    /// To `Register`: the node's VIPs and what the DC saw of it.
     Registered(Registered),
+    /// To `Direction` and `PeerDirection`: the target and how to reach it.
     Direction(DirectionAnswer),
+    /// To `Route`: the node has taken note and is ready for the tunnel.
     RouteAck,
+    /// To `Tunnel`: the responder's identity; the tunnel is installed on its side.
     Tunnel(TunnelHello),
+    /// To any request that failed.
     Error(ErrorReply),
 }
 
+/// A node's registration (and keepalive) with its DC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Register {
+    /// The name the node registers; the DC checks it is enrolled with the handshake's key.
     pub fqdn: String,
     /// The node's own addresses with its NTM port, as its interfaces show them.
     pub addrs: Vec<SocketAddr>,
 }
 
+/// The DC's answer to a registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registered {
+    /// The node's IPv4 VIP, if the DC has an IPv4 pool; stable across registrations.
     pub vip4: Option<Ipv4Addr>,
+    /// The node's IPv6 VIP, if the DC has an IPv6 pool; stable across registrations.
     pub vip6: Option<Ipv6Addr>,
     /// The source address the DC saw.
     pub observed: SocketAddr,
@@ -62,23 +77,33 @@ pub struct Registered {
 /// A node as DCs describe it to each other and to its peers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
+    /// The node's name.
     pub fqdn: String,
+    /// The node's static X25519 key: its tunnel handshake must be made with it.
     pub public_key: [u8; 32],
+    /// The node's IPv4 VIP, if it has one.
     pub vip4: Option<Ipv4Addr>,
+    /// The node's IPv6 VIP, if it has one.
     pub vip6: Option<Ipv6Addr>,
     /// Where the node can be reached: the NAT's outer address if behind NAT, else its addresses.
     pub endpoints: Vec<SocketAddr>,
+    /// The node is behind a NAT: it must open its tunnels (or be opened through its mapping).
     pub nat: bool,
 }
 
+/// A node asks its DC how to reach another node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DirectionRequest {
+    /// The FQDN of the node to reach, in any zone.
     pub target: String,
 }
 
+/// A DC asks the target's DC for a direction on behalf of one of its nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerDirectionRequest {
+    /// The requesting node as its DC knows it; its FQDN must be in the asking DC's zone.
     pub requester: NodeInfo,
+    /// The FQDN of the node to reach, in the answering DC's zone.
     pub target: String,
 }
 
@@ -86,39 +111,53 @@ pub struct PeerDirectionRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Path {
+    /// Node to node, UDP between the two endpoints.
     Direct,
+    /// Through a relay server. Reserved: no relay exists yet and DCs never answer it.
     Relay,
 }
 
+/// A DC's answer to a direction request: who the target is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DirectionAnswer {
     /// The target, vouched for by its DC.
     pub peer: NodeInfo,
     /// Where the requester sends to reach the target.
     pub endpoint: SocketAddr,
+    /// How the tunnel runs.
     pub path: Path,
     /// The requester opens the tunnel (else the target does, towards the requester).
     pub requester_initiates: bool,
 }
 
+/// A DC tells the target node that a peer is about to build a tunnel with it, before it
+/// answers the requester.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteDirection {
     /// The node that will build a tunnel with the receiver, vouched for by the DCs.
     pub peer: NodeInfo,
     /// Where the receiver sends to reach that peer.
     pub endpoint: SocketAddr,
+    /// How the tunnel runs.
     pub path: Path,
     /// The receiver opens the tunnel now.
     pub you_initiate: bool,
 }
 
+/// A node's identity in a tunnel handshake, both ways: the other side checks that `fqdn` is
+/// the node its DC vouched for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TunnelHello {
+    /// The sender's own FQDN.
     pub fqdn: String,
+    /// The sender's own IPv4 VIP, if it has one.
     pub vip4: Option<Ipv4Addr>,
+    /// The sender's own IPv6 VIP, if it has one.
     pub vip6: Option<Ipv6Addr>,
 }
 
+/// Why a request failed, for programs; the message says it for people. Variant indexes are
+/// wire values: append only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
     /// The key is not enrolled for that FQDN.
@@ -137,12 +176,16 @@ pub enum ErrorCode {
     BadRequest,
     /// The request's message version is not spoken here.
     Version,
+    /// The responder failed on its side (e.g. its registry could not be written).
     Internal,
 }
 
+/// A failed request's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorReply {
+    /// What kind of failure.
     pub code: ErrorCode,
+    /// A one-line explanation for logs, naming what was refused.
     pub message: String,
 }
 
@@ -152,18 +195,25 @@ impl std::fmt::Display for ErrorReply {
     }
 }
 
+/// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MsgError {
+    /// Not a valid postcard envelope of the expected type, or trailing bytes after it.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// An envelope of another message version (answered with [`ErrorCode::Version`]).
     #[error("message version {0} is not supported (this side speaks {MSG_VERSION})")]
     Version(u16),
 }
 
+/// Encodes `body` in an envelope of [`MSG_VERSION`] with timestamp `ts` (µs since the Unix
+/// epoch), ready to be a Noise payload.
 pub fn encode<T: Serialize>(ts: u64, body: &T) -> Vec<u8> {
     postcard::to_allocvec(&Envelope { version: MSG_VERSION, ts, body }).expect("in-memory serialization")
 }
 
+/// Decodes an envelope holding a `T`; the version is checked before the rest is read, and no
+/// bytes may follow.
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<Envelope<T>, MsgError> {
     // The version comes first and is read alone, so that a newer peer gets a version error and
     // not a garbled one.

@@ -26,10 +26,14 @@ const REGISTER_RETRY: Duration = Duration::from_secs(1);
 /// Pause after the DC refused us (a configuration problem, not a network one).
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
+/// What the node core is told at start; `ntmd` builds it from its configuration file.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// The node's own name, as enrolled at its DC.
     pub fqdn: String,
+    /// The node's static key: its identity to its DC and to its peers.
     pub secret: SecretKey,
+    /// The DC's public key; registrations and direction requests are addressed to it.
     pub dc_key: PublicKey,
     /// The DC's addresses, tried in order (those of a family the node has no address of are skipped).
     pub dcs: Vec<SocketAddr>,
@@ -39,49 +43,80 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeerState {
+    /// No tunnel and none under way (never asked for, or the last build failed).
     None,
+    /// A build is under way: asking the DC, opening the tunnel, or waiting for the peer to.
     Building,
+    /// A tunnel is up; traffic to the peer's VIPs can flow.
     Built,
 }
 
 /// A tunnel for the data plane to install.
 #[derive(Debug, Clone)]
 pub struct TunnelSpec {
+    /// The peer's name, normalized.
     pub fqdn: String,
+    /// The peer's IPv4 VIP, as its DC vouched for it: packets to it go into this tunnel.
     pub vip4: Option<Ipv4Addr>,
+    /// The peer's IPv6 VIP, as its DC vouched for it.
     pub vip6: Option<Ipv6Addr>,
+    /// Where data packets go: the source address of the peer's handshake packet (its NAT
+    /// mapping, if it is behind one).
     pub endpoint: SocketAddr,
+    /// Our id of the tunnel: the receiver id in the data packets the peer sends us.
     pub local_id: u32,
+    /// The peer's id of the tunnel: the receiver id in the data packets we send.
     pub remote_id: u32,
+    /// The data keys from the tunnel's handshake, one per direction.
     pub keys: TunnelKeys,
+    /// How the tunnel runs (always direct today).
     pub path: Path,
 }
 
+/// What the node core tells the daemon; drained with [`NodeCore::poll_event`].
 #[derive(Debug, Clone)]
 pub enum NodeEvent {
+    /// The node is registered, or its registration changed (VIPs, DC, observed address).
     Registered {
+        /// The node's IPv4 VIP, to put on its interface.
         vip4: Option<Ipv4Addr>,
+        /// The node's IPv6 VIP, to put on its interface.
         vip6: Option<Ipv6Addr>,
+        /// The DC address that answered.
         dc: SocketAddr,
+        /// The node's address as the DC saw it.
         observed: SocketAddr,
+        /// The node is behind a NAT.
         nat: bool,
     },
+    /// The node is no longer registered: the DC refused it or stopped answering. It keeps
+    /// trying; new builds fail until it is registered again.
     RegistrationLost {
+        /// Why, for the log and the status.
         reason: String,
     },
+    /// A peer's entry in the node table changed state.
     PeerState {
+        /// The peer's name, normalized.
         fqdn: String,
+        /// Its new state.
         state: PeerState,
     },
     /// Install this tunnel (replacing any tunnel with the same peer).
     TunnelUp(TunnelSpec),
     /// Remove the tunnel with this local id (superseded).
     TunnelDown {
+        /// The peer's name, normalized.
         fqdn: String,
+        /// Our id of the tunnel to remove.
         local_id: u32,
     },
+    /// A build ended without a tunnel (refused, unanswered, timed out). A live tunnel to the
+    /// peer, if any, stays.
     BuildFailed {
+        /// The peer's name, normalized.
         fqdn: String,
+        /// Why, in words (also kept in [`Peer::last_error`]).
         reason: String,
     },
 }
@@ -106,14 +141,21 @@ enum Building {
 /// One entry of the node table.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// The peer's name, normalized.
     pub fqdn: String,
+    /// Built, building or none.
     pub state: PeerState,
+    /// The peer's IPv4 VIP, once its DC told it.
     pub vip4: Option<Ipv4Addr>,
+    /// The peer's IPv6 VIP, once its DC told it.
     pub vip6: Option<Ipv6Addr>,
+    /// Where the live tunnel's data packets go; `None` before the first tunnel.
     pub endpoint: Option<SocketAddr>,
+    /// How the live tunnel runs; `None` before the first tunnel.
     pub path: Option<Path>,
     /// The live tunnel's local id.
     pub local_id: Option<u32>,
+    /// Why the last build failed; cleared when a tunnel comes up.
     pub last_error: Option<String>,
     building: Option<Building>,
 }
@@ -141,12 +183,18 @@ struct Vouch {
     expires: Instant,
 }
 
+/// The node's current registration with its DC.
 #[derive(Debug, Clone)]
 pub struct Registration {
+    /// The node's IPv4 VIP.
     pub vip4: Option<Ipv4Addr>,
+    /// The node's IPv6 VIP.
     pub vip6: Option<Ipv6Addr>,
+    /// The DC address that answered; direction requests go there.
     pub dc: SocketAddr,
+    /// The node's address as the DC saw it.
     pub observed: SocketAddr,
+    /// The node is behind a NAT (`observed` is not one of its addresses).
     pub nat: bool,
 }
 
@@ -161,6 +209,8 @@ enum RegState {
     Retry(Instant),
 }
 
+/// The node's protocol state machine. Feed it datagrams from the signaling socket, name
+/// lookups, data-plane events and timeouts; drain transmits and [`NodeEvent`]s.
 pub struct NodeCore {
     cfg: NodeConfig,
     local_addrs: Vec<SocketAddr>,
@@ -183,6 +233,8 @@ pub struct NodeCore {
 }
 
 impl NodeCore {
+    /// A core for `cfg`, not yet registered: it registers once [`NodeCore::set_local_addrs`]
+    /// gives it the node's addresses.
     pub fn new(cfg: NodeConfig) -> Self {
         Self {
             cfg,
@@ -210,18 +262,22 @@ impl NodeCore {
         self.drops
     }
 
+    /// The node's own name, as configured.
     pub fn fqdn(&self) -> &str {
         &self.cfg.fqdn
     }
 
+    /// The current registration; `None` while unregistered.
     pub fn registration(&self) -> Option<&Registration> {
         self.registration.as_ref()
     }
 
+    /// Every entry of the node table, in no particular order.
     pub fn peers(&self) -> impl Iterator<Item = &Peer> {
         self.peers.values()
     }
 
+    /// The node table's entry for `fqdn` (case and trailing dot ignored).
     pub fn peer(&self, fqdn: &str) -> Option<&Peer> {
         self.peers.get(&normalize(fqdn))
     }
@@ -769,6 +825,8 @@ impl NodeCore {
         }
     }
 
+    /// When [`NodeCore::handle_timeout`] must next be called: a retransmission, a
+    /// re-registration, a peer's deadline to open, or a vouch expiring.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let reg = match self.reg {
             RegState::Fresh(t) | RegState::Retry(t) => Some(t),
@@ -782,6 +840,8 @@ impl NodeCore {
         [reg, self.exchanges.poll_timeout()].into_iter().flatten().chain(awaiting).chain(vouch).min()
     }
 
+    /// Retransmits what is due, re-registers (the keepalive), and fails builds whose DC or peer
+    /// did not answer in time.
     pub fn handle_timeout(&mut self, now: Now) {
         let (retx, failed) = self.exchanges.on_timeout(&self.cfg.secret, &mut self.ts, now);
         self.transmits.extend(retx);
@@ -827,10 +887,12 @@ impl NodeCore {
         self.vouches.retain(|_, v| v.expires > now.mono);
     }
 
+    /// The next datagram to send from the signaling socket, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The next event for the daemon, if any; call until `None` after every input.
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()
     }

@@ -12,14 +12,19 @@ const PATTERN: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 const PROLOGUE: &[u8] = b"NTM v1";
 const MAX_MSG: usize = 1400;
 
+/// A handshake message that could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum NoiseError {
+    /// The Noise library refused the message: wrong responder key, failed decryption,
+    /// truncated or oversized message.
     #[error("handshake failed: {0}")]
     Snow(#[from] snow::Error),
+    /// Message 1 decrypted but held no usable initiator static key.
     #[error("handshake message carries no peer static key")]
     NoStatic,
 }
 
+/// One side's handshake state between message 1 and message 2.
 pub struct Handshake(snow::HandshakeState);
 
 impl std::fmt::Debug for Handshake {

@@ -9,14 +9,19 @@ use ipnet::{Ipv4Net, Ipv6Net};
 /// What the registry knows of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
+    /// The node's name, normalized (the registry's key).
     pub fqdn: String,
+    /// The static key the node registered with.
     pub public_key: [u8; 32],
+    /// The IPv4 VIP given to the node; kept for good once given.
     pub vip4: Option<Ipv4Addr>,
+    /// The IPv6 VIP given to the node; kept for good once given.
     pub vip6: Option<Ipv6Addr>,
     /// Addresses the node reported (its interfaces, with its port).
     pub addrs: Vec<SocketAddr>,
     /// The source address its last registration came from (the NAT's outer address if `nat`).
     pub observed: Option<SocketAddr>,
+    /// The last registration came from an address the node did not report: it is behind a NAT.
     pub nat: bool,
     /// Unix seconds of the last registration or keepalive.
     pub last_seen: u64,
@@ -25,18 +30,27 @@ pub struct NodeRecord {
 /// A registration to store.
 #[derive(Debug, Clone)]
 pub struct Registration<'a> {
+    /// The node's name, normalized.
     pub fqdn: &'a str,
+    /// The key the registration's handshake was made with (checked against enrollment).
     pub public_key: [u8; 32],
+    /// The addresses the node reported, with its port.
     pub addrs: &'a [SocketAddr],
+    /// The source address of the registration.
     pub observed: SocketAddr,
+    /// `observed` is not among `addrs`.
     pub nat: bool,
+    /// The DC's clock, in Unix seconds: becomes `last_seen`.
     pub now_unix: u64,
 }
 
+/// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// A new node needs a VIP of this family ("IPv4" or "IPv6") and none is free.
     #[error("the {0} VIP pool is exhausted")]
     PoolExhausted(&'static str),
+    /// The storage below (SQLite) failed.
     #[error("registry storage: {0}")]
     Storage(String),
 }
@@ -46,14 +60,18 @@ pub enum RegistryError {
 pub trait Registry {
     /// Stores the registration; keeps the node's VIPs, or allocates unused ones on first sight.
     fn register(&mut self, reg: &Registration<'_>) -> Result<NodeRecord, RegistryError>;
+    /// The record of the node `fqdn` (normalized), if it ever registered.
     fn get(&self, fqdn: &str) -> Result<Option<NodeRecord>, RegistryError>;
+    /// Every record, in no particular order.
     fn all(&self) -> Result<Vec<NodeRecord>, RegistryError>;
 }
 
 /// VIP pools of one zone.
 #[derive(Debug, Clone)]
 pub struct Pools {
+    /// The IPv4 prefix VIPs are taken from; `None`: nodes get no IPv4 VIP.
     pub v4: Option<Ipv4Net>,
+    /// The IPv6 prefix VIPs are taken from; `None`: nodes get no IPv6 VIP.
     pub v6: Option<Ipv6Net>,
 }
 
@@ -68,6 +86,8 @@ impl Pools {
         (host < size.saturating_sub(1)).then(|| Ipv4Addr::from((base + host) as u32))
     }
 
+    /// The n-th usable address of the IPv6 pool (the subnet-router anycast address and the
+    /// first host skipped, as in IPv4).
     pub fn v6_candidate(&self, n: u64) -> Option<Ipv6Addr> {
         let net = self.v6?;
         let base = u128::from(net.network());
@@ -113,6 +133,7 @@ pub struct MemRegistry {
 }
 
 impl MemRegistry {
+    /// An empty registry allocating from `pools`.
     pub fn new(pools: Pools) -> Self {
         Self { pools, nodes: HashMap::new() }
     }

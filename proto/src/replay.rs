@@ -7,6 +7,8 @@ const RING_BITS: u64 = WORDS as u64 * WORD_BITS;
 /// Counters this far behind the newest one are still accepted once.
 pub const WINDOW: u64 = RING_BITS - WORD_BITS;
 
+/// The counters a tunnel's receiving side has accepted: any counter above the highest one,
+/// or up to [`WINDOW`] below it once. Holds 2048 bits; no allocation.
 #[derive(Debug, Clone)]
 pub struct ReplayWindow {
     /// One past the highest counter accepted so far (0: nothing accepted yet).
@@ -21,6 +23,7 @@ impl Default for ReplayWindow {
 }
 
 impl ReplayWindow {
+    /// An empty window: every counter but `u64::MAX` is acceptable.
     pub fn new() -> Self {
         Self { next: 0, ring: [0; WORDS] }
     }

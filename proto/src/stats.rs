@@ -27,6 +27,7 @@ impl Drops {
         ]
     }
 
+    /// Drops of every cause together.
     pub fn total(&self) -> u64 {
         self.malformed + self.unauthorized + self.replayed + self.unexpected
     }
@@ -41,6 +42,7 @@ pub struct LogLimit {
 }
 
 impl LogLimit {
+    /// A limiter letting through one line per `every`; the first one passes at once.
     pub fn new(every: Duration) -> Self {
         Self { every, last: None, held: 0 }
     }

@@ -8,41 +8,80 @@
 //! The data packet has WireGuard's shape: the nonce is the counter, so `ring` and the kernel's
 //! `chacha20poly1305_encrypt` produce the same bytes.
 
+/// First byte of a handshake initiation (Noise message 1, carrying a request).
 pub const TYPE_INIT: u8 = 1;
+/// First byte of a handshake response (Noise message 2, carrying the response).
 pub const TYPE_RESP: u8 = 2;
+/// First byte of a tunnel data packet.
 pub const TYPE_DATA: u8 = 4;
+/// The signaling framing version, second byte of init and resp packets; others are dropped.
 pub const VERSION: u8 = 1;
 
+/// Bytes before the Noise message in a handshake initiation: type, version, 2 reserved, sender.
 pub const INIT_HEADER: usize = 8;
+/// Bytes before the Noise message in a handshake response: type, version, 2 reserved, sender,
+/// receiver.
 pub const RESP_HEADER: usize = 12;
+/// Bytes before the ciphertext in a data packet: type, 3 reserved, receiver, counter.
 pub const DATA_HEADER: usize = 16;
+/// Bytes of the Poly1305 tag that ends every data packet.
 pub const TAG_LEN: usize = 16;
 /// Bytes a data packet adds around the inner IP packet (without the outer IP and UDP headers).
 pub const DATA_OVERHEAD: usize = DATA_HEADER + TAG_LEN;
 /// Largest signaling datagram accepted or sent.
 pub const MAX_SIGNALING: usize = 1400;
 
+/// Why a datagram is not an NTM packet; it is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// A datagram of zero bytes.
     #[error("empty datagram")]
     Empty,
+    /// The first byte is not a known packet type.
     #[error("unknown packet type {0}")]
     UnknownType(u8),
+    /// Shorter than its header (plus 32 bytes of Noise message, or the tag); names the kind.
     #[error("truncated {0} packet")]
     Truncated(&'static str),
+    /// A handshake packet of another framing version.
     #[error("unsupported protocol version {0}")]
     Version(u8),
+    /// A reserved header byte is not zero.
     #[error("reserved bytes not zero")]
     Reserved,
+    /// A handshake packet longer than [`MAX_SIGNALING`] bytes.
     #[error("signaling datagram too large ({0} bytes)")]
     TooLarge(usize),
 }
 
+/// A parsed datagram, borrowing its body from the buffer. Ids are little endian on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packet<'a> {
-    Init { sender: u32, noise: &'a [u8] },
-    Resp { sender: u32, receiver: u32, noise: &'a [u8] },
-    Data { receiver: u32, counter: u64, sealed: &'a [u8] },
+    /// A handshake initiation: a signaling request or a tunnel setup.
+    Init {
+        /// The initiator's id for this exchange; the response is addressed to it.
+        sender: u32,
+        /// Noise IK message 1.
+        noise: &'a [u8],
+    },
+    /// A handshake response.
+    Resp {
+        /// The responder's id (for a tunnel: where the initiator sends its data).
+        sender: u32,
+        /// The initiator's id, from the initiation.
+        receiver: u32,
+        /// Noise IK message 2.
+        noise: &'a [u8],
+    },
+    /// Tunnel data.
+    Data {
+        /// The receiving side's local id of the tunnel.
+        receiver: u32,
+        /// The sender's packet counter, also the AEAD nonce.
+        counter: u64,
+        /// The encrypted inner IP packet followed by its 16-byte tag.
+        sealed: &'a [u8],
+    },
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -55,6 +94,7 @@ pub fn packet_type(b: &[u8]) -> Option<u8> {
 }
 
 impl<'a> Packet<'a> {
+    /// Parses the header of a datagram received on an NTM port; the body is not decrypted.
     pub fn parse(b: &'a [u8]) -> Result<Self, WireError> {
         match *b.first().ok_or(WireError::Empty)? {
             TYPE_INIT => {
@@ -99,6 +139,7 @@ impl<'a> Packet<'a> {
     }
 }
 
+/// A handshake initiation from `sender` carrying Noise message 1.
 pub fn encode_init(sender: u32, noise: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(INIT_HEADER + noise.len());
     v.extend_from_slice(&[TYPE_INIT, VERSION, 0, 0]);
@@ -107,6 +148,7 @@ pub fn encode_init(sender: u32, noise: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A handshake response from `sender` to the initiator `receiver`, carrying Noise message 2.
 pub fn encode_resp(sender: u32, receiver: u32, noise: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(RESP_HEADER + noise.len());
     v.extend_from_slice(&[TYPE_RESP, VERSION, 0, 0]);
