@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::dataplane::{Dataplane, DpEvent};
-use crate::status::{self, DestroyReason, Event, PeerStatus, Status, TunnelStatus};
+use crate::status::{DestroyReason, Event, PeerStatus, Status, TunnelStatus};
 
 /// Upper bounds (seconds) of the tunnel build latency histogram.
 const BUILD_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0];
@@ -164,8 +164,8 @@ impl Handler {
         match ev {
             DpEvent::Signaling { from, payload } => self.core.handle_datagram(from, &payload, now),
             DpEvent::Destroyed { local_id, fqdn, vip, reason } => {
-                info!(peer = %fqdn, reason = status::reason_str(reason), "tunnel destroyed");
-                self.counters.destroyed[reason_index(reason)] += 1;
+                info!(peer = %fqdn, reason = reason.name(), "tunnel destroyed");
+                self.counters.destroyed[reason as usize] += 1;
                 let _ = self.events.send(Event::TunnelDestroyed {
                     fqdn,
                     vip: vip.map(|v| v.to_string()),
@@ -327,9 +327,7 @@ impl Handler {
             "ntm_tunnels_destroyed_total",
             "Tunnels destroyed, by reason.",
             "reason",
-            [DestroyReason::Idle, DestroyReason::Deleted, DestroyReason::DeviceDown, DestroyReason::Error]
-                .into_iter()
-                .map(|r| (status::reason_str(r), c.destroyed[reason_index(r)])),
+            DestroyReason::all().map(|r| (r.name(), c.destroyed[r as usize])),
         );
         p.counter("ntm_tunnel_build_failures_total", "Tunnel builds that failed.", c.build_failed);
         p.counter("ntm_tunnel_misses_total", "Packets for a VIP without a tunnel (rate limited).", c.misses);
@@ -413,15 +411,6 @@ impl Handler {
             peers,
             tunnels,
         }
-    }
-}
-
-fn reason_index(r: DestroyReason) -> usize {
-    match r {
-        DestroyReason::Idle => 0,
-        DestroyReason::Deleted => 1,
-        DestroyReason::DeviceDown => 2,
-        DestroyReason::Error => 3,
     }
 }
 

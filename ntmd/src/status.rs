@@ -8,15 +8,8 @@ pub use proto::msg::Path as PathKind;
 /// The node table state of a peer (the paper's built / building / none): the core's own type.
 pub use proto::node::PeerState;
 
-/// Why a tunnel went away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DestroyReason {
-    Idle,
-    Deleted,
-    DeviceDown,
-    Error,
-}
+/// Why a tunnel went away: the netlink family's reasons, on both data planes.
+pub use proto::netlink::DestroyReason;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStatus {
@@ -109,7 +102,7 @@ impl std::fmt::Display for Event {
                 }
             ),
             Event::TunnelDestroyed { fqdn, vip, reason, local_id } => {
-                write!(f, "tunnel destroyed {fqdn} vip {} reason {} id {local_id:#010x}", opt(vip), reason_str(*reason))
+                write!(f, "tunnel destroyed {fqdn} vip {} reason {} id {local_id:#010x}", opt(vip), reason.name())
             }
             Event::TunnelMiss { vip } => write!(f, "tunnel miss vip {vip}"),
             Event::EndpointChanged { fqdn, endpoint } => write!(f, "endpoint changed {fqdn} {endpoint}"),
@@ -123,14 +116,5 @@ pub fn state_str(s: PeerState) -> &'static str {
         PeerState::Built => "built",
         PeerState::Building => "building",
         PeerState::None => "none",
-    }
-}
-
-pub fn reason_str(r: DestroyReason) -> &'static str {
-    match r {
-        DestroyReason::Idle => "idle",
-        DestroyReason::Deleted => "deleted",
-        DestroyReason::DeviceDown => "device-down",
-        DestroyReason::Error => "error",
     }
 }

@@ -9,6 +9,29 @@ mod gen;
 
 pub use gen::*;
 
+impl DestroyReason {
+    /// Every reason, in the order of their numbers.
+    pub fn all() -> impl Iterator<Item = DestroyReason> {
+        (0..).map_while(DestroyReason::from_u32)
+    }
+}
+
+/// In JSON (ntmd's control socket) a reason is its name in the spec (`device-down`).
+impl serde::Serialize for DestroyReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DestroyReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DestroyReason::all()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown destroy reason {name:?}")))
+    }
+}
+
 /// The type flag of a nest that holds attributes (the kernel requires it in requests).
 pub const NLA_F_NESTED: u16 = 0x8000;
 /// The type bits of an attribute (without NLA_F_NESTED and NLA_F_NET_BYTEORDER).

@@ -32,12 +32,9 @@ pub struct Tunnel {
     opener: Opener,
 }
 
-/// Why the table removed a tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Idle,
-    Deleted,
-}
+/// Why the table removed a tunnel: the netlink family's reasons, which the kernel data plane
+/// reports too.
+pub use crate::netlink::DestroyReason as Reason;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destroyed {

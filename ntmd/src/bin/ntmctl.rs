@@ -122,7 +122,7 @@ async fn monitor_kernel(json: bool) -> anyhow::Result<()> {
     use ntmd::dataplane::genl::{NtmAttr, TunnelAttr};
     use ntmd::dataplane::nlsock::{EventSocket, GenlSocket, NlError};
     use ntmd::status::{DestroyReason, Event};
-    use proto::netlink::{cmd, DestroyReason as R};
+    use proto::netlink::cmd;
 
     let nl = GenlSocket::open()?;
     let group = nl.events_group().ok_or_else(|| anyhow::anyhow!("the ntm family has no events group"))?;
@@ -147,16 +147,17 @@ async fn monitor_kernel(json: bool) -> anyhow::Result<()> {
             });
             let event = match m.cmd {
                 cmd::TUNNEL_DESTROYED_NTF => {
-                    let r = t.iter().find_map(|a| if let TunnelAttr::Reason(v) = a { R::from_u32(*v) } else { None });
+                    let r = t.iter().find_map(|a| {
+                        if let TunnelAttr::Reason(v) = a {
+                            DestroyReason::from_u32(*v)
+                        } else {
+                            None
+                        }
+                    });
                     Event::TunnelDestroyed {
                         fqdn: label.unwrap_or_default(),
                         vip,
-                        reason: match r {
-                            Some(R::Idle) => DestroyReason::Idle,
-                            Some(R::Deleted) => DestroyReason::Deleted,
-                            Some(R::DeviceDown) => DestroyReason::DeviceDown,
-                            _ => DestroyReason::Error,
-                        },
+                        reason: r.unwrap_or(DestroyReason::Error),
                         local_id: local_id.unwrap_or(0),
                     }
                 }

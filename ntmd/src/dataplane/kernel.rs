@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use proto::netlink::{cmd, DestroyReason as NlReason};
+use proto::netlink::cmd;
 use proto::node::TunnelSpec;
 use proto::tunnel::Counters;
 use proto::wire;
@@ -234,12 +234,7 @@ fn dump(nl: &mut GenlSocket, ifindex: u32) -> anyhow::Result<Vec<TunnelInfo>> {
 }
 
 fn reason(r: u32) -> DestroyReason {
-    match NlReason::from_u32(r) {
-        Some(NlReason::Idle) => DestroyReason::Idle,
-        Some(NlReason::Deleted) => DestroyReason::Deleted,
-        Some(NlReason::DeviceDown) => DestroyReason::DeviceDown,
-        Some(NlReason::Error) | None => DestroyReason::Error,
-    }
+    DestroyReason::from_u32(r).unwrap_or(DestroyReason::Error)
 }
 
 /// The local ids of the device's tunnels, dumped on a socket of its own (blocking calls, off

@@ -18,7 +18,6 @@ use tracing::{debug, info, warn};
 
 use super::{Dataplane, DpEvent, TunnelInfo};
 use crate::sockets::Sockets;
-use crate::status::DestroyReason;
 use crate::tun::Tun;
 
 /// At most one miss event per VIP in this interval.
@@ -260,10 +259,7 @@ async fn sweeper(shared: Arc<Shared>, events: mpsc::Sender<DpEvent>) {
         }
         let gone = shared.table.lock().expect("table lock").sweep(Instant::now());
         for d in gone {
-            let reason = match d.reason {
-                Reason::Idle => DestroyReason::Idle,
-                Reason::Deleted => DestroyReason::Deleted,
-            };
+            let reason = d.reason;
             if events.send(DpEvent::Destroyed { local_id: d.local_id, fqdn: d.fqdn, vip: d.vip, reason }).await.is_err()
             {
                 return;
