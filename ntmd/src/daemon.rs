@@ -23,7 +23,7 @@ use crate::control::{self, ControlHandle};
 use crate::dataplane::kernel::Kernel;
 use crate::dataplane::{userspace::Userspace, Dataplane, DpEvent};
 use crate::dnsstub::{DnsStub, NtmNames, NtmZoneCache};
-use crate::handler::{Cmd, Handler, Input};
+use crate::handler::{Cmd, Handler, Input, Readings};
 use crate::link::Link;
 use crate::sockets::Sockets;
 use crate::status::{Event, Status};
@@ -63,8 +63,32 @@ struct Daemon {
     sockets: Arc<Sockets>,
     /// The virtual device (its VIPs are set on registration).
     link: Link,
+    /// The handler's data plane, read off the task when its reads are slow.
+    dataplane: Arc<dyn Dataplane>,
+    /// To hand the handler what was read.
+    cmds: mpsc::Sender<Cmd>,
 }
 
+impl Daemon {
+    /// Reads the data plane in a blocking thread, then hands the handler the `Show` or
+    /// `Metrics` request with the readings.
+    fn read_off_task(&self, with: impl FnOnce(Readings) -> Cmd + Send + 'static) {
+        let (dataplane, cmds) = (self.dataplane.clone(), self.cmds.clone());
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || Readings::of(&*dataplane)).await {
+                Ok(read) => {
+                    let _ = cmds.send(with(read)).await;
+                }
+                Err(e) => warn!("reading the data plane: {e}"),
+            }
+        });
+    }
+}
+
+/// Runs the node until a signal stops it: binds the node's UDP port, starts the data plane
+/// (`ntm.ko` or TUN) and routes the VIP ranges to its device, opens the control socket, the
+/// stub resolver and the metrics server, watches the node's addresses, then drives the
+/// handler. Called by `main` with a validated configuration; an error is fatal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let sockets = Arc::new(Sockets::bind(cfg.port).context("binding the node's UDP port")?);
     let port = sockets.port().unwrap_or(cfg.port);
@@ -74,14 +98,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         DataplaneKind::Userspace => false,
         DataplaneKind::Auto => crate::dataplane::kernel::available(),
     };
-    let (dataplane, link): (Box<dyn Dataplane>, Link) = if kernel {
+    let (dataplane, link): (Arc<dyn Dataplane>, Link) = if kernel {
         let k = Kernel::start(&cfg.tun.name, cfg.tun.mtu, sockets.clone(), cfg.idle_timeout, dp_tx.clone())?;
         let link = k.link().clone();
-        (Box::new(k), link)
+        (Arc::new(k), link)
     } else {
         let tun = Arc::new(Tun::create(&cfg.tun.name, cfg.tun.mtu).context("creating the TUN device")?);
         let link = tun.link().clone();
-        (Box::new(Userspace::start(tun, sockets.clone(), cfg.idle_timeout, dp_tx.clone())), link)
+        (Arc::new(Userspace::start(tun, sockets.clone(), cfg.idle_timeout, dp_tx.clone())), link)
     };
     link.add_routes(&cfg.tun.routes).context("routing the VIP ranges to the virtual device")?;
     info!(fqdn = %cfg.fqdn, port, dev = %link.name, dataplane = dataplane.name(), "starting");
@@ -104,7 +128,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let cmd_tx = cmd_tx.clone();
         tokio::spawn(async move {
             while let Some(reply) = show_rx.recv().await {
-                if cmd_tx.send(Cmd::Show(reply)).await.is_err() {
+                if cmd_tx.send(Cmd::Show { read: None, reply }).await.is_err() {
                     return;
                 }
             }
@@ -137,7 +161,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let cmd_tx = cmd_tx.clone();
             async move {
                 let (reply, page) = oneshot::channel();
-                cmd_tx.send(Cmd::Metrics(reply)).await.ok()?;
+                cmd_tx.send(Cmd::Metrics { read: None, reply }).await.ok()?;
                 page.await.ok()
             }
         }));
@@ -154,10 +178,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             dc_key: cfg.dc_public_key,
             dcs: cfg.dc.clone(),
         },
-        dataplane,
+        dataplane.clone(),
         events,
     );
-    let mut d = Daemon { handler, sockets, link };
+    let mut d = Daemon { handler, sockets, link, dataplane, cmds: cmd_tx.clone() };
     let inputs = ReceiverStream::new(dp_rx)
         .map(Input::Dataplane)
         .merge(ReceiverStream::new(cmd_rx).map(Input::Cmd))
@@ -171,7 +195,15 @@ impl Core for Daemon {
     type Input = Input;
 
     fn input(&mut self, input: Input, now: Now) {
-        self.handler.input(input, now)
+        match input {
+            Input::Cmd(Cmd::Show { read: None, reply }) if self.dataplane.slow_reads() => {
+                self.read_off_task(|read| Cmd::Show { read: Some(read), reply })
+            }
+            Input::Cmd(Cmd::Metrics { read: None, reply }) if self.dataplane.slow_reads() => {
+                self.read_off_task(|read| Cmd::Metrics { read: Some(read), reply })
+            }
+            input => self.handler.input(input, now),
+        }
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use host::metrics::{self, Histogram, Page, Unit};
@@ -14,7 +15,7 @@ use proto::node::{NodeConfig, NodeCore, NodeEvent, PeerState};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::dataplane::{Dataplane, DpEvent};
+use crate::dataplane::{Dataplane, DpEvent, TunnelInfo};
 use crate::status::{DestroyReason, Event, PeerStatus, Status, TunnelStatus};
 
 /// Upper bounds (seconds) of the tunnel build latency histogram.
@@ -28,12 +29,29 @@ pub type Vips = (Option<Ipv4Addr>, Option<Ipv6Addr>);
 pub enum Cmd {
     /// The VIPs of `fqdn` once its tunnel is up (what the stub resolver asks for a name).
     Resolve { fqdn: String, reply: oneshot::Sender<Result<Vips, String>> },
-    /// The state `ntmctl show` prints.
-    Show(oneshot::Sender<Status>),
-    /// The metrics page.
-    Metrics(oneshot::Sender<String>),
+    /// The state `ntmctl show` prints; `read` is what the data plane said, when it was asked
+    /// off the handler's task (else the handler asks it).
+    Show { read: Option<Readings>, reply: oneshot::Sender<Status> },
+    /// The metrics page (`read` as for `Show`).
+    Metrics { read: Option<Readings>, reply: oneshot::Sender<String> },
     /// The node's own addresses changed.
     LocalAddrs(Vec<SocketAddr>),
+}
+
+/// What the data plane reports about its tunnels, for `Show` and `Metrics`.
+#[derive(Debug, Clone)]
+pub struct Readings {
+    /// Its tunnels with their counters.
+    pub tunnels: Vec<TunnelInfo>,
+    /// Data packets that matched no tunnel.
+    pub orphan_drops: u64,
+}
+
+impl Readings {
+    /// Asks `dataplane` (which may block: see [`Dataplane::slow_reads`]).
+    pub fn of(dataplane: &dyn Dataplane) -> Readings {
+        Readings { tunnels: dataplane.tunnels(), orphan_drops: dataplane.orphan_drops() }
+    }
 }
 
 /// What the handler is fed.
@@ -72,7 +90,7 @@ impl Default for Counters {
 pub struct Handler {
     fqdn: String,
     core: NodeCore,
-    dataplane: Box<dyn Dataplane>,
+    dataplane: Arc<dyn Dataplane>,
     events: broadcast::Sender<Event>,
     /// Resolutions waiting for a peer's tunnel.
     waiters: HashMap<String, Vec<oneshot::Sender<Result<Vips, String>>>>,
@@ -86,7 +104,7 @@ pub struct Handler {
 
 impl Handler {
     /// A handler for the node of `config`, on `dataplane`, publishing its events on `events`.
-    pub fn new(config: NodeConfig, dataplane: Box<dyn Dataplane>, events: broadcast::Sender<Event>) -> Handler {
+    pub fn new(config: NodeConfig, dataplane: Arc<dyn Dataplane>, events: broadcast::Sender<Event>) -> Handler {
         Handler {
             fqdn: config.fqdn.clone(),
             core: NodeCore::new(config),
@@ -214,11 +232,13 @@ impl Handler {
                     }
                 }
             }
-            Cmd::Show(reply) => {
-                let _ = reply.send(self.status());
+            Cmd::Show { read, reply } => {
+                let read = read.unwrap_or_else(|| Readings::of(&*self.dataplane));
+                let _ = reply.send(self.status(read));
             }
-            Cmd::Metrics(reply) => {
-                let _ = reply.send(self.metrics());
+            Cmd::Metrics { read, reply } => {
+                let read = read.unwrap_or_else(|| Readings::of(&*self.dataplane));
+                let _ = reply.send(self.metrics(read));
             }
             Cmd::LocalAddrs(addrs) => self.core.set_local_addrs(addrs, now),
         }
@@ -301,7 +321,7 @@ impl Handler {
         }
     }
 
-    fn metrics(&self) -> String {
+    fn metrics(&self, read: Readings) -> String {
         let c = &self.counters;
         let mut p = Page::new("ntmd");
         p.gauge(
@@ -320,7 +340,7 @@ impl Handler {
                 ("none", count(PeerState::None)),
             ],
         );
-        let tunnels = self.dataplane.tunnels();
+        let tunnels = read.tunnels;
         p.gauge("ntm_tunnels", "Tunnels in the data plane.", tunnels.len() as i64);
         p.counter("ntm_tunnels_built_total", "Tunnels built.", c.built);
         p.counters(
@@ -355,12 +375,12 @@ impl Handler {
         );
         let d = self.core.drops();
         p.counters("ntm_signaling_dropped_total", "Signaling datagrams dropped, by cause.", "cause", d.by_cause());
-        p.counter("ntm_data_dropped_total", "Data packets that matched no tunnel.", self.dataplane.orphan_drops());
+        p.counter("ntm_data_dropped_total", "Data packets that matched no tunnel.", read.orphan_drops);
         p.encode()
     }
 
-    fn status(&self) -> Status {
-        let tunnels = self.dataplane.tunnels();
+    fn status(&self, read: Readings) -> Status {
+        let tunnels = read.tunnels;
         let reg = self.core.registration();
         let mut peers: Vec<PeerStatus> = self
             .core
@@ -407,7 +427,7 @@ impl Handler {
             addresses: self.core.local_addrs().iter().map(|a| a.to_string()).collect(),
             dataplane: self.dataplane.name().to_string(),
             signaling_drops: self.core.drops(),
-            data_drops: self.dataplane.orphan_drops(),
+            data_drops: read.orphan_drops,
             peers,
             tunnels,
         }

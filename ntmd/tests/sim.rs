@@ -35,9 +35,6 @@ impl Dataplane for MemDataplane {
         self.0.lock().unwrap().remove(&local_id);
         Ok(())
     }
-    fn set_endpoint(&self, _local_id: u32, _endpoint: SocketAddr) -> anyhow::Result<()> {
-        Ok(())
-    }
     fn tunnels(&self) -> Vec<TunnelInfo> {
         self.0
             .lock()
@@ -98,7 +95,7 @@ fn node(fqdn: &str, addr: &str, secret: SecretKey, dc: &SecretKey, net: &Net) ->
     let dataplane = MemDataplane::default();
     let (events, _) = broadcast::channel(64);
     let config = NodeConfig { fqdn: fqdn.into(), secret, dc_key: dc.public(), dcs: vec![sa("198.18.40.2:7500")] };
-    let mut handler = Handler::new(config, Box::new(dataplane.clone()), events);
+    let mut handler = Handler::new(config, Arc::new(dataplane.clone()), events);
     handler.input(Input::Cmd(Cmd::LocalAddrs(vec![sa(addr)])), net.now());
     Node { handler, addr: sa(addr), dataplane }
 }
@@ -166,6 +163,6 @@ fn a_name_lookup_builds_the_tunnel() {
 /// The node's status, as `ntmctl show` gets it.
 fn show(n: &mut Node, net: &Net) -> ntmd::status::Status {
     let (tx, mut rx) = oneshot::channel();
-    n.handler.input(Input::Cmd(Cmd::Show(tx)), net.now());
+    n.handler.input(Input::Cmd(Cmd::Show { read: None, reply: tx }), net.now());
     rx.try_recv().expect("status at once")
 }

@@ -35,7 +35,12 @@ type Installed = Arc<Mutex<HashMap<u32, (String, Option<IpAddr>)>>>;
 
 pub struct Kernel {
     link: Link,
+    /// Requests that change the device (tunnel-new, -del, -set, keepalives): quick, on the
+    /// daemon's core task.
     nl: Mutex<GenlSocket>,
+    /// Reads (dumps, dev-get), which take long with many tunnels and run off the core task: a
+    /// socket of their own, so that they never hold up a change.
+    reads: Mutex<GenlSocket>,
     installed: Installed,
 }
 
@@ -50,6 +55,7 @@ impl Kernel {
         events: mpsc::Sender<DpEvent>,
     ) -> anyhow::Result<Kernel> {
         let mut nl = GenlSocket::open().context("the kernel data plane")?;
+        let reads = GenlSocket::open().context("the kernel data plane's second netlink socket")?;
         let group = nl.events_group().context("the ntm family has no events group")?;
         // Subscribe first: nothing that happens after the device exists is missed.
         let ev = EventSocket::open(group).context("subscribing to the ntm events")?;
@@ -85,7 +91,7 @@ impl Kernel {
         for sock in [sockets.v4.clone(), sockets.v6.clone()].into_iter().flatten() {
             tokio::spawn(signaling_reader(sock, events.clone()));
         }
-        Ok(Kernel { link, nl: Mutex::new(nl), installed })
+        Ok(Kernel { link, nl: Mutex::new(nl), reads: Mutex::new(reads), installed })
     }
 
     pub fn link(&self) -> &Link {
@@ -148,15 +154,8 @@ impl Dataplane for Kernel {
         }
     }
 
-    fn set_endpoint(&self, local_id: u32, endpoint: SocketAddr) -> anyhow::Result<()> {
-        let mut t = vec![TunnelAttr::LocalId(local_id)];
-        t.extend(endpoint_attrs(endpoint));
-        self.request(NtmMsg::new(cmd::TUNNEL_SET, vec![NtmAttr::Ifindex(self.link.index), NtmAttr::Tunnel(t)]), false)?;
-        Ok(())
-    }
-
     fn tunnels(&self) -> Vec<TunnelInfo> {
-        let mut nl = self.nl.lock().expect("netlink lock");
+        let mut nl = self.reads.lock().expect("netlink lock");
         match dump(&mut nl, self.link.index) {
             Ok(v) => v,
             Err(e) => {
@@ -167,7 +166,8 @@ impl Dataplane for Kernel {
     }
 
     fn orphan_drops(&self) -> u64 {
-        let r = self.request(NtmMsg::new(cmd::DEV_GET, vec![NtmAttr::Ifindex(self.link.index)]), false);
+        let msg = NtmMsg::new(cmd::DEV_GET, vec![NtmAttr::Ifindex(self.link.index)]);
+        let r = self.reads.lock().expect("netlink lock").request(msg, false);
         r.ok()
             .and_then(|v| {
                 v.iter().flat_map(|m| m.attrs.iter()).find_map(|a| match a {
@@ -176,6 +176,10 @@ impl Dataplane for Kernel {
                 })
             })
             .unwrap_or(0)
+    }
+
+    fn slow_reads(&self) -> bool {
+        true
     }
 
     fn send_keepalives(&self) {

@@ -46,11 +46,15 @@ pub trait Dataplane: Send + Sync {
     fn install(&self, spec: &TunnelSpec) -> anyhow::Result<()>;
     /// Removes a tunnel (no `Destroyed` event follows: the daemon asked for it).
     fn remove(&self, local_id: u32) -> anyhow::Result<()>;
-    /// Points a tunnel at a new endpoint.
-    fn set_endpoint(&self, local_id: u32, endpoint: SocketAddr) -> anyhow::Result<()>;
     fn tunnels(&self) -> Vec<TunnelInfo>;
     /// Data packets that matched no tunnel.
     fn orphan_drops(&self) -> u64;
+    /// Whether [`Dataplane::tunnels`] and [`Dataplane::orphan_drops`] ask another party (the
+    /// kernel) and can take long with many tunnels: the daemon then calls them off its core
+    /// task, so that `ntmctl show` and metrics scrapes never hold up signaling.
+    fn slow_reads(&self) -> bool {
+        false
+    }
     /// Sends an empty authenticated packet on every tunnel, so that peers learn a new address
     /// of this node (they follow authenticated packets).
     fn send_keepalives(&self);
