@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use host::dns::Client;
-use host::driver::{self, Core, Options};
+use host::driver::{self, Core, DropReport, Options};
 use host::metrics::{self, Page};
 use proto::dc::{DcCommand, DcConfig, DcCore};
 use proto::exchange::Now;
@@ -140,7 +140,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         send_sock,
         inputs: tx,
         located: HashMap::new(),
-        reported: 0,
+        reported: DropReport::default(),
     };
     driver::run(&mut dc, ReceiverStream::new(rx), Options::default()).await?;
     Ok(())
@@ -157,8 +157,8 @@ struct Dc {
     inputs: mpsc::Sender<Input>,
     /// Other zones' DCs found lately, by domain.
     located: HashMap<String, (Instant, (String, Vec<SocketAddr>))>,
-    /// Drops at the last summary.
-    reported: u64,
+    /// The periodic summary of drops.
+    reported: DropReport,
 }
 
 impl Core for Dc {
@@ -223,18 +223,7 @@ impl Core for Dc {
     }
 
     fn summary(&mut self) {
-        let d = self.core.drops();
         let dns = self.authority.stats().malformed.load(std::sync::atomic::Ordering::Relaxed);
-        if d.total() + dns != self.reported {
-            info!(
-                malformed = d.malformed,
-                unauthorized = d.unauthorized,
-                replayed = d.replayed,
-                unexpected = d.unexpected,
-                dns_malformed = dns,
-                "dropped since start"
-            );
-            self.reported = d.total() + dns;
-        }
+        self.reported.report(self.core.drops(), &[("malformed DNS", dns)]);
     }
 }

@@ -8,6 +8,7 @@ use std::io;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::exchange::Now;
+use proto::stats::Drops;
 use tokio_stream::{Stream, StreamExt};
 
 use crate::signals::{Signal, Signals};
@@ -16,6 +17,26 @@ use crate::signals::{Signal, Signals};
 pub fn now() -> Now {
     let unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
     Now { mono: Instant::now(), unix_us }
+}
+
+/// The periodic summary of what a daemon dropped: one log line when the counts changed.
+#[derive(Debug, Default)]
+pub struct DropReport {
+    last: Option<(Drops, Vec<u64>)>,
+}
+
+impl DropReport {
+    /// Logs `drops` and the `extra` counts (by name) if they changed since the last line.
+    pub fn report(&mut self, drops: Drops, extra: &[(&str, u64)]) {
+        let counts: Vec<u64> = extra.iter().map(|(_, n)| *n).collect();
+        let now = Some((drops, counts));
+        if self.last == now || (self.last.is_none() && drops.total() == 0 && extra.iter().all(|(_, n)| *n == 0)) {
+            return;
+        }
+        let extra: String = extra.iter().map(|(name, n)| format!(", {name} {n}")).collect();
+        tracing::info!("dropped since start: {drops}{extra}");
+        self.last = now;
+    }
 }
 
 /// How long the loop sleeps when the core has no timer.

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use host::driver::DropReport;
 use host::metrics::{self, Histogram, Page, Unit};
 use proto::exchange::{Now, Transmit};
 use proto::node::{NodeConfig, NodeCore, NodeEvent, PeerState};
@@ -98,8 +99,8 @@ pub struct Handler {
     wanted_vips: Vips,
     device_vips: Vips,
     counters: Counters,
-    /// Drops (signaling, data) at the last summary.
-    reported: (u64, u64),
+    /// The periodic summary of drops.
+    reported: DropReport,
 }
 
 impl Handler {
@@ -114,7 +115,7 @@ impl Handler {
             wanted_vips: (None, None),
             device_vips: (None, None),
             counters: Counters::default(),
-            reported: (0, 0),
+            reported: DropReport::default(),
         }
     }
 
@@ -161,18 +162,8 @@ impl Handler {
 
     /// Logs what was dropped since start, when it changed.
     pub fn summary(&mut self) {
-        let (sig, data) = (self.core.drops(), self.dataplane.orphan_drops());
-        if (sig.total(), data) != self.reported {
-            info!(
-                malformed = sig.malformed,
-                unauthorized = sig.unauthorized,
-                replayed = sig.replayed,
-                unexpected = sig.unexpected,
-                data_without_tunnel = data,
-                "dropped since start"
-            );
-            self.reported = (sig.total(), data);
-        }
+        let data = self.dataplane.orphan_drops();
+        self.reported.report(self.core.drops(), &[("data without tunnel", data)]);
     }
 }
 

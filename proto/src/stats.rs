@@ -33,6 +33,17 @@ impl Drops {
     }
 }
 
+impl std::fmt::Display for Drops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (cause, n) in self.by_cause() {
+            write!(f, "{}{cause} {n}", if first { "" } else { ", " })?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
 /// Lets one log line through per interval and counts the ones it held back.
 #[derive(Debug, Clone)]
 pub struct LogLimit {
@@ -67,6 +78,12 @@ impl Default for LogLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_read_as_a_line() {
+        let d = Drops { malformed: 3, replayed: 1, ..Drops::default() };
+        assert_eq!(d.to_string(), "malformed 3, unauthorized 0, replayed 1, unexpected 0");
+    }
 
     #[test]
     fn limiter_counts_what_it_holds_back() {

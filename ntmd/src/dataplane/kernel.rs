@@ -38,8 +38,8 @@ pub struct Kernel {
     /// Requests that change the device (tunnel-new, -del, -set, keepalives): quick, on the
     /// daemon's core task.
     nl: Mutex<GenlSocket>,
-    /// Reads (dumps, dev-get), which take long with many tunnels and run off the core task: a
-    /// socket of their own, so that they never hold up a change.
+    /// Dumps, which take long with many tunnels and run off the core task: a socket of their
+    /// own, so that they never hold up a change.
     reads: Mutex<GenlSocket>,
     installed: Installed,
 }
@@ -166,8 +166,9 @@ impl Dataplane for Kernel {
     }
 
     fn orphan_drops(&self) -> u64 {
-        let msg = NtmMsg::new(cmd::DEV_GET, vec![NtmAttr::Ifindex(self.link.index)]);
-        let r = self.reads.lock().expect("netlink lock").request(msg, false);
+        // One quick request, not a dump: on the socket of changes, which the core task uses
+        // (the summary reads it there).
+        let r = self.request(NtmMsg::new(cmd::DEV_GET, vec![NtmAttr::Ifindex(self.link.index)]), false);
         r.ok()
             .and_then(|v| {
                 v.iter().flat_map(|m| m.attrs.iter()).find_map(|a| match a {
