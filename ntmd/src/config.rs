@@ -11,14 +11,22 @@ use ipnet::IpNet;
 use proto::keys::{PublicKey, SecretKey};
 use serde::Deserialize;
 
+/// Default `port`: the node's UDP port for signaling and tunnel data.
 pub const DEFAULT_PORT: u16 = 7600;
+/// Port assumed for a `dc` address written without one: a DC's signaling port.
 pub const DEFAULT_DC_PORT: u16 = 7500;
+/// Default `idle_timeout_s`: a tunnel without traffic for 3 minutes is torn down.
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 180;
 /// The longest idle timeout: ntm.ko's `idle-timeout-ms` policy allows a day.
 pub const MAX_IDLE_TIMEOUT_S: u64 = 86_400;
+/// Default `control_socket`, where `ntmctl` reaches the daemon.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/ntm/ntmd.sock";
+/// Default `dns.listen`: the stub resolver on the loopback, port 53.
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:53";
+/// Default `tun.name`.
 pub const DEFAULT_TUN_NAME: &str = "ntm0";
+/// Default `tun.mtu`: a 1500-byte path minus the outer IPv6 and UDP headers and the 32 bytes
+/// a data packet adds.
 pub const DEFAULT_TUN_MTU: u16 = 1420;
 /// The VIP ranges routed into the TUN device unless `tun.routes` says otherwise.
 pub const DEFAULT_TUN_ROUTES: [&str; 2] = ["100.64.0.0/10", "fd4e:544d::/32"];
@@ -28,7 +36,10 @@ pub const DEFAULT_TUN_ROUTES: [&str; 2] = ["100.64.0.0/10", "fd4e:544d::/32"];
 pub struct Config {
     /// The node's FQDN, lowercase, without the trailing dot.
     pub fqdn: String,
+    /// The node's static key (`private_key` or `private_key_file`): its identity to its DC
+    /// and its peers.
     pub private_key: SecretKey,
+    /// The DC's public key; the node talks to no DC without it.
     pub dc_public_key: PublicKey,
     /// The DC's signaling addresses, tried in order.
     pub dc: Vec<SocketAddr>,
@@ -36,11 +47,15 @@ pub struct Config {
     pub port: u16,
     /// Idle time after which a tunnel is torn down.
     pub idle_timeout: Duration,
+    /// Which data plane carries the tunnels.
     pub dataplane: Dataplane,
+    /// The Unix socket `ntmctl` talks to (status, monitor).
     pub control_socket: PathBuf,
     /// Where Prometheus metrics are served (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// The stub resolver (`[dns]`).
     pub dns: DnsConfig,
+    /// The userspace data plane's TUN device (`[tun]`).
     pub tun: TunConfig,
     /// Which interfaces' addresses the node offers as its endpoints.
     pub interfaces: InterfaceFilter,
@@ -50,11 +65,14 @@ pub struct Config {
 /// interface is used if `include` is empty or matches it, and `exclude` does not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InterfaceFilter {
+    /// `interfaces`: the only interfaces used; empty means every interface.
     pub include: Vec<String>,
+    /// `exclude_interfaces`: interfaces never used, even if `include` matches them.
     pub exclude: Vec<String>,
 }
 
 impl InterfaceFilter {
+    /// True if the addresses of the interface `name` may be offered as endpoints.
     pub fn allows(&self, name: &str) -> bool {
         let matches = |pattern: &String| match pattern.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
@@ -99,7 +117,9 @@ pub struct DnsConfig {
 /// The TUN device of the userspace data plane (`[tun]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunConfig {
+    /// The device's name (a valid interface name).
     pub name: String,
+    /// The device's MTU in bytes, at least 1280.
     pub mtu: u16,
     /// Prefixes routed into the device (the VIP ranges).
     pub routes: Vec<IpNet>,

@@ -20,8 +20,9 @@ use tokio::sync::Semaphore;
 
 /// TTL of the VIP answers: the tunnel behind a VIP may go away at any time.
 pub const NTM_TTL: u32 = 1;
-/// How long a zone is remembered as an NTM zone, and as not one.
+/// How long a zone is remembered as an NTM zone.
 pub const POSITIVE_TTL: Duration = Duration::from_secs(300);
+/// How long a zone is remembered as not an NTM zone (no `_ntm._udp` SRV record).
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// How long a failed SRV lookup (no upstream answered) counts as "not NTM".
 const ERROR_TTL: Duration = Duration::from_secs(5);
@@ -52,11 +53,15 @@ fn normalize(name: &Name) -> String {
 /// Counters of the stub, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct StubStats {
+    /// Every message received, over UDP and TCP, malformed ones included.
     pub queries: AtomicU64,
     /// Queries answered with VIPs (or NODATA) for NTM names.
     pub ntm: AtomicU64,
+    /// Queries relayed to the upstream resolvers (names that are not NTM names).
     pub forwarded: AtomicU64,
+    /// Queries answered SERVFAIL: no tunnel to the NTM name, or no upstream answered.
     pub servfail: AtomicU64,
+    /// Messages dropped or answered FORMERR: undecodable, not a query, or not one question.
     pub malformed: AtomicU64,
     /// Dropped because too many queries were in flight.
     pub overload: AtomicU64,
@@ -115,6 +120,7 @@ impl<N: NtmNames> DnsStub<N> {
         self.udp.iter().filter_map(|u| u.local_addr().ok()).collect()
     }
 
+    /// The stub's counters, shared with its serving tasks.
     pub fn stats(&self) -> Arc<StubStats> {
         self.inner.stats.clone()
     }
@@ -319,6 +325,7 @@ struct Cached {
 const ZONE_CACHE_PURGE_AT: usize = 1024;
 
 impl NtmZoneCache {
+    /// An empty cache whose SRV lookups go to `upstream` (the node's upstream resolvers).
     pub fn new(upstream: Client) -> NtmZoneCache {
         NtmZoneCache { upstream, zones: Mutex::default() }
     }

@@ -18,17 +18,22 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+/// An rtnetlink request that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("rtnetlink: {what}: {source}")]
 pub struct LinkError {
+    /// What was being done, with the device or address (e.g. "creating ntm0").
     pub what: String,
+    /// The socket error, or the kernel's errno for the request.
     pub source: io::Error,
 }
 
 /// A network device, by name and index.
 #[derive(Debug, Clone)]
 pub struct Link {
+    /// The interface name (`ntm0`).
     pub name: String,
+    /// The kernel's interface index, which rtnetlink requests address it by.
     pub index: u32,
 }
 

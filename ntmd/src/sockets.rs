@@ -8,8 +8,11 @@ use std::sync::Arc;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
+/// The node's two UDP sockets, shared by the signaling core and the data plane.
 pub struct Sockets {
+    /// Bound to `0.0.0.0:port`; `None` if the host has no usable IPv4.
     pub v4: Option<Arc<UdpSocket>>,
+    /// Bound to `[::]:port`, v6-only; `None` if the host has no usable IPv6.
     pub v6: Option<Arc<UdpSocket>>,
 }
 
@@ -44,6 +47,7 @@ impl Sockets {
         Ok(Sockets { v4: v4.ok().map(Arc::new), v6: v6.ok().map(Arc::new) })
     }
 
+    /// The port actually bound (the one the kernel chose, if 0 was asked).
     pub fn port(&self) -> Option<u16> {
         self.v4.as_ref().or(self.v6.as_ref()).and_then(|s| s.local_addr().ok()).map(|a| a.port())
     }
@@ -53,6 +57,8 @@ impl Sockets {
         s.as_deref().ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, format!("no socket for {dst}")))
     }
 
+    /// Sends `payload` to `dst` from the socket of its family, waiting for buffer space;
+    /// `Unsupported` if there is no socket of that family.
     pub async fn send_to(&self, payload: &[u8], dst: SocketAddr) -> io::Result<usize> {
         self.for_dst(&dst)?.send_to(payload, dst).await
     }

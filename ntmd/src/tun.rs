@@ -9,10 +9,19 @@ use ipnet::IpNet;
 
 use crate::link::{Link, LinkError};
 
+/// Why the TUN device could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
+    /// Opening `/dev/net/tun` or configuring the device failed (no CAP_NET_ADMIN, a name
+    /// taken by a device of another type).
     #[error("creating TUN device {name}: {source}")]
-    Create { name: String, source: io::Error },
+    Create {
+        /// The device name asked for.
+        name: String,
+        /// The error from the TUN driver.
+        source: io::Error,
+    },
+    /// Setting the device's addresses or routes over rtnetlink failed.
     #[error(transparent)]
     Link(#[from] LinkError),
 }
@@ -42,6 +51,7 @@ impl Tun {
         Ok(Tun { dev, link: Link { name, index } })
     }
 
+    /// The device's name, as the kernel gave it.
     pub fn name(&self) -> &str {
         &self.link.name
     }
@@ -51,14 +61,17 @@ impl Tun {
         self.link.index
     }
 
+    /// The device as rtnetlink addresses it, for its VIPs and routes.
     pub fn link(&self) -> &Link {
         &self.link
     }
 
+    /// Makes the node's VIPs the device's addresses: see [`Link::set_addresses`].
     pub fn set_addresses(&self, vip4: Option<Ipv4Addr>, vip6: Option<Ipv6Addr>) -> Result<(), TunError> {
         Ok(self.link.set_addresses(vip4, vip6)?)
     }
 
+    /// Routes the VIP ranges into the device: see [`Link::add_routes`].
     pub fn add_routes(&self, routes: &[IpNet]) -> Result<(), TunError> {
         Ok(self.link.add_routes(routes)?)
     }
