@@ -103,8 +103,9 @@ pub struct Net {
     pub loss: u64,
     queue: Vec<(Duration, u64, SocketAddr, SocketAddr, Vec<u8>)>,
     seq: u64,
-    /// Datagrams sent, and lost.
+    /// Datagrams handed to the network, lost ones included.
     pub sent: u64,
+    /// Datagrams the network dropped (by the `loss` draw).
     pub lost: u64,
 }
 
