@@ -59,6 +59,11 @@ pattern_md5() {
 }
 
 lab_finish() {
+	local rc=$?
+	if ((fails == 0 && rc != 0)); then
+		# The script died on its own (a command failed under set -u, say): not a pass.
+		fail "the test script stopped early (exit $rc)"
+	fi
 	if ((fails > 0)); then
 		echo "== daemon logs (tails)"
 		for f in "$NTM_LAB_DIR"/*/*.log; do

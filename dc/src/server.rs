@@ -21,6 +21,10 @@ use crate::config::Config;
 use crate::dns::{self, Authority};
 use crate::registry::SqliteRegistry;
 
+/// How long one lookup of another zone's DC may take at the resolver (UDP with retransmissions,
+/// then TCP if the answer was truncated).
+const LOCATE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// How long the DC of another zone, once found, is remembered.
 const LOCATE_CACHE: Duration = Duration::from_secs(30);
 
@@ -136,7 +140,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut dc = Dc {
         core,
         authority,
-        resolver: Client::new(vec![cfg.resolver]),
+        resolver: Client::new(vec![cfg.resolver]).with_timeout(LOCATE_TIMEOUT),
         send_sock,
         inputs: tx,
         located: HashMap::new(),

@@ -91,8 +91,9 @@ pub struct Client {
     timeout: Duration,
 }
 
-/// A question: lowercase name without the trailing dot, and type.
-type Question = (String, RecordType);
+/// A question: lowercase name without the trailing dot, and type; none for a message without
+/// one (a forwarded NOTIFY or DSO message, say).
+type Question = Option<(String, RecordType)>;
 
 impl Client {
     /// A client of `servers`, each with the [`DEFAULT_TIMEOUT`] budget.
@@ -113,7 +114,7 @@ impl Client {
 
     /// Asks `rtype` records of `name` (recursion desired, EDNS0).
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Answer, ClientError> {
-        let question = (normalize(name), rtype);
+        let question = Some((normalize(name), rtype));
         self.ask(&question, false, |id| {
             proto::dns::query(id, name, rtype).map_err(|e| ClientError::BadQuery(e.to_string()))
         })
@@ -125,8 +126,7 @@ impl Client {
     /// under the query's own id. The query leaves with a fresh id of ours.
     pub async fn forward(&self, query: &[u8], tcp: bool) -> Result<Vec<u8>, ClientError> {
         let msg = Message::from_vec(query).map_err(|e| ClientError::BadQuery(e.to_string()))?;
-        let q = msg.query().ok_or_else(|| ClientError::BadQuery("no question".into()))?;
-        let question = (normalize(&q.name().to_ascii()), q.query_type());
+        let question = msg.query().map(|q| (normalize(&q.name().to_ascii()), q.query_type()));
         let (mut bytes, _) = self
             .ask(&question, tcp, |id| {
                 let mut q = query.to_vec();
@@ -178,7 +178,7 @@ impl Client {
 fn check(bytes: &[u8], id: u16, question: &Question) -> Result<Answer, String> {
     let answer = parse_response(bytes, id).map_err(|e: DnsError| e.to_string())?;
     match &answer.question {
-        Some(q) if q == question => Ok(answer),
+        q if q == question => Ok(answer),
         // Some servers leave the question out of error answers.
         None if answer.rcode != ResponseCode::NoError => Ok(answer),
         other => Err(format!("answer to another question ({other:?})")),

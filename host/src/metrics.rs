@@ -96,7 +96,7 @@ impl Page {
     pub fn counter_family(&mut self, name: &str, help: &str, samples: impl IntoIterator<Item = (Labels, u64)>) {
         let family = Family::<Labels, Counter>::default();
         for (labels, v) in samples {
-            family.get_or_create(&labels).inc_by(v);
+            family.get_or_create(&escaped(labels)).inc_by(v);
         }
         self.registry.register(counter_name(name), help_text(help), family);
     }
@@ -111,7 +111,7 @@ impl Page {
     ) {
         let family = Family::<Labels, Gauge>::default();
         for (l, v) in samples {
-            family.get_or_create(&vec![(label.to_owned(), l.into())]).set(v);
+            family.get_or_create(&vec![(label.to_owned(), escape(&l.into()))]).set(v);
         }
         self.registry.register(name, help_text(help), family);
     }
@@ -134,6 +134,19 @@ impl Page {
         }
         out
     }
+}
+
+/// A label value as the text format wants it (the encoder writes values as they are): a peer's
+/// name comes from the network, and one quote in it would break the whole page.
+pub fn escape(v: &str) -> String {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.to_owned();
+    }
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn escaped(labels: Labels) -> Labels {
+    labels.into_iter().map(|(k, v)| (k, escape(&v))).collect()
 }
 
 /// The encoder ends every help text with a period: the daemons' own texts end with one too.
@@ -258,6 +271,10 @@ mod tests {
         assert!(t.contains("ntm_tunnel_build_seconds_bucket{le=\"0.005\"} 1\n"), "{t}");
         assert!(t.contains("ntm_tunnel_build_seconds_count 1\n"), "{t}");
         assert!(t.contains("# HELP ntm_registered 1 while registered.\n"), "{t}");
+        let mut p = Page::new("ntmd");
+        p.counters("ntm_tunnel_tx_bytes", "Bytes.", "peer", [("a\"b\\c\nd", 1)]);
+        let t = p.encode();
+        assert!(t.contains("ntm_tunnel_tx_bytes_total{peer=\"a\\\"b\\\\c\\nd\"} 1\n"), "{t}");
         assert!(t.ends_with("# EOF\n"), "{t}");
     }
 

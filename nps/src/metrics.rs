@@ -60,9 +60,14 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let resolve = metrics::latency_family();
+        // Both series exist from the start, at zero (a dashboard's rate() needs them).
+        for result in ["ok", "error"] {
+            let _ = resolve.get_or_create(&vec![("result".to_owned(), result.to_owned())]);
+        }
         Metrics {
             sites: Mutex::default(),
-            resolve: metrics::latency_family(),
+            resolve,
             resolve_errors: Mutex::default(),
             resolve_cached: AtomicU64::default(),
             connections_accepted_http: AtomicU64::default(),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use host::dns::Client;
 use host::driver::{self, Core, Options};
+use host::loglimit::LogLimiter;
 use host::metrics;
 use proto::exchange::Now;
 use proto::node::NodeConfig;
@@ -65,23 +66,56 @@ struct Daemon {
     link: Link,
     /// The handler's data plane, read off the task when its reads are slow.
     dataplane: Arc<dyn Dataplane>,
-    /// To hand the handler what was read.
+    /// To hand back what was read.
     cmds: mpsc::Sender<Cmd>,
+    /// `Show` and `Metrics` requests waiting for the read in flight (one at a time: every
+    /// request that comes meanwhile shares its result).
+    waiting: Vec<Cmd>,
+    /// When setting the VIPs on the device failed, the next try.
+    vips_retry: Option<(Instant, Duration)>,
+    vips_errors: LogLimiter,
 }
 
 impl Daemon {
-    /// Reads the data plane in a blocking thread, then hands the handler the `Show` or
-    /// `Metrics` request with the readings.
-    fn read_off_task(&self, with: impl FnOnce(Readings) -> Cmd + Send + 'static) {
+    /// Queues a `Show` or `Metrics` request and, unless a read is in flight, reads the data
+    /// plane in a blocking thread; the readings come back as `Cmd::Readings`.
+    fn read_off_task(&mut self, request: Cmd) {
+        self.waiting.push(request);
+        if self.waiting.len() > 1 {
+            return;
+        }
         let (dataplane, cmds) = (self.dataplane.clone(), self.cmds.clone());
         tokio::spawn(async move {
-            match tokio::task::spawn_blocking(move || Readings::of(&*dataplane)).await {
-                Ok(read) => {
-                    let _ = cmds.send(with(read)).await;
+            let read = match tokio::task::spawn_blocking(move || Readings::of(&*dataplane)).await {
+                Ok(read) => read,
+                Err(e) => {
+                    warn!("reading the data plane: {e}");
+                    Readings { tunnels: Vec::new(), orphan_drops: 0 }
                 }
-                Err(e) => warn!("reading the data plane: {e}"),
-            }
+            };
+            let _ = cmds.send(Cmd::Readings(read)).await;
         });
+    }
+
+    /// Puts the VIPs the handler wants on the device; after a failure, tries again 1 s later,
+    /// then doubling up to a minute.
+    fn set_vips(&mut self) {
+        let Some((vip4, vip6)) = self.handler.poll_vips() else { return };
+        if self.vips_retry.is_some_and(|(at, _)| Instant::now() < at) {
+            return;
+        }
+        match self.link.set_addresses(vip4, vip6) {
+            Ok(()) => {
+                self.handler.vips_set((vip4, vip6));
+                self.vips_retry = None;
+            }
+            Err(e) => {
+                let wait =
+                    self.vips_retry.map_or(Duration::from_secs(1), |(_, w)| (w * 2).min(Duration::from_secs(60)));
+                self.vips_retry = Some((Instant::now() + wait, wait));
+                self.vips_errors.hit(|held| warn!(held, retry_in = ?wait, "setting the VIPs on the device: {e}"));
+            }
+        }
     }
 }
 
@@ -181,7 +215,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         dataplane.clone(),
         events,
     );
-    let mut d = Daemon { handler, sockets, link, dataplane, cmds: cmd_tx.clone() };
+    let mut d = Daemon {
+        handler,
+        sockets,
+        link,
+        dataplane,
+        cmds: cmd_tx.clone(),
+        waiting: Vec::new(),
+        vips_retry: None,
+        vips_errors: LogLimiter::new(Duration::from_secs(10)),
+    };
     let inputs = ReceiverStream::new(dp_rx)
         .map(Input::Dataplane)
         .merge(ReceiverStream::new(cmd_rx).map(Input::Cmd))
@@ -196,11 +239,20 @@ impl Core for Daemon {
 
     fn input(&mut self, input: Input, now: Now) {
         match input {
-            Input::Cmd(Cmd::Show { read: None, reply }) if self.dataplane.slow_reads() => {
-                self.read_off_task(|read| Cmd::Show { read: Some(read), reply })
+            Input::Cmd(cmd @ (Cmd::Show { read: None, .. } | Cmd::Metrics { read: None, .. }))
+                if self.dataplane.slow_reads() =>
+            {
+                self.read_off_task(cmd)
             }
-            Input::Cmd(Cmd::Metrics { read: None, reply }) if self.dataplane.slow_reads() => {
-                self.read_off_task(|read| Cmd::Metrics { read: Some(read), reply })
+            Input::Cmd(Cmd::Readings(read)) => {
+                for cmd in std::mem::take(&mut self.waiting) {
+                    let cmd = match cmd {
+                        Cmd::Show { reply, .. } => Cmd::Show { read: Some(read.clone()), reply },
+                        Cmd::Metrics { reply, .. } => Cmd::Metrics { read: Some(read.clone()), reply },
+                        other => other,
+                    };
+                    self.handler.input(Input::Cmd(cmd), now);
+                }
             }
             input => self.handler.input(input, now),
         }
@@ -220,12 +272,7 @@ impl Core for Daemon {
                 debug!(dst = %t.dst, "send failed: {e}");
             }
         }
-        if let Some((vip4, vip6)) = self.handler.poll_vips() {
-            match self.link.set_addresses(vip4, vip6) {
-                Ok(()) => self.handler.vips_set((vip4, vip6)),
-                Err(e) => warn!("setting the VIPs on the device: {e}"),
-            }
-        }
+        self.set_vips();
     }
 
     fn summary(&mut self) {

@@ -37,6 +37,9 @@ pub enum Cmd {
     Metrics { read: Option<Readings>, reply: oneshot::Sender<String> },
     /// The node's own addresses changed.
     LocalAddrs(Vec<SocketAddr>),
+    /// The data plane was read off the handler's task for the `Show` and `Metrics` requests
+    /// waiting in the daemon (which answers them); the handler has nothing to do with it.
+    Readings(Readings),
 }
 
 /// What the data plane reports about its tunnels, for `Show` and `Metrics`.
@@ -66,7 +69,8 @@ pub enum Input {
 #[derive(Debug)]
 struct Counters {
     built: u64,
-    destroyed: [u64; 4],
+    /// By reason, indexed by the reason's number.
+    destroyed: Vec<u64>,
     build_failed: u64,
     misses: u64,
     build_latency: Histogram,
@@ -78,7 +82,7 @@ impl Default for Counters {
     fn default() -> Self {
         Counters {
             built: 0,
-            destroyed: [0; 4],
+            destroyed: vec![0; DestroyReason::all().count()],
             build_failed: 0,
             misses: 0,
             build_latency: metrics::histogram(&BUILD_BUCKETS),
@@ -174,7 +178,9 @@ impl Handler {
             DpEvent::Signaling { from, payload } => self.core.handle_datagram(from, &payload, now),
             DpEvent::Destroyed { local_id, fqdn, vip, reason } => {
                 info!(peer = %fqdn, reason = reason.name(), "tunnel destroyed");
-                self.counters.destroyed[reason as usize] += 1;
+                if let Some(n) = self.counters.destroyed.get_mut(reason as usize) {
+                    *n += 1;
+                }
                 let _ = self.events.send(Event::TunnelDestroyed {
                     fqdn,
                     vip: vip.map(|v| v.to_string()),
@@ -232,6 +238,7 @@ impl Handler {
                 let _ = reply.send(self.metrics(read));
             }
             Cmd::LocalAddrs(addrs) => self.core.set_local_addrs(addrs, now),
+            Cmd::Readings(_) => {}
         }
     }
 
@@ -338,7 +345,7 @@ impl Handler {
             "ntm_tunnels_destroyed_total",
             "Tunnels destroyed, by reason.",
             "reason",
-            DestroyReason::all().map(|r| (r.name(), c.destroyed[r as usize])),
+            DestroyReason::all().map(|r| (r.name(), c.destroyed.get(r as usize).copied().unwrap_or(0))),
         );
         p.counter("ntm_tunnel_build_failures_total", "Tunnel builds that failed.", c.build_failed);
         p.counter("ntm_tunnel_misses_total", "Packets for a VIP without a tunnel (rate limited).", c.misses);

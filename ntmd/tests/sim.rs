@@ -141,10 +141,16 @@ fn a_name_lookup_builds_the_tunnel() {
     // The lookup a DNS query makes: answered once the tunnel is up, not before.
     let mut answer = resolve(&mut a, "b.home.ntm.test", net.now());
     assert_eq!(a.handler.peer_state("b.home.ntm.test"), PeerState::Building);
-    let built = net.run_until(&mut [&mut dc, &mut a, &mut b], Duration::from_secs(10), |_| {
-        !matches!(answer.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+    let mut answered = None;
+    let built = net.run_until(&mut [&mut dc, &mut a, &mut b], Duration::from_secs(10), |_| match answer.try_recv() {
+        Err(oneshot::error::TryRecvError::Empty) => false,
+        r => {
+            answered = Some(r);
+            true
+        }
     });
     assert!(built, "the lookup was answered within 10 s of simulated time");
+    let vips = answered.unwrap().expect("an answer").expect("the VIPs, not an error");
     assert_eq!(a.handler.peer_state("b.home.ntm.test"), PeerState::Built);
     let ta = a.dataplane.tunnels();
     let tb = b.dataplane.tunnels();
@@ -153,6 +159,7 @@ fn a_name_lookup_builds_the_tunnel() {
     assert_eq!(tb[0].fqdn, "a.home.ntm.test");
     assert_eq!((ta[0].local_id, ta[0].remote_id), (tb[0].remote_id, tb[0].local_id), "the ends know each other's ids");
     assert_eq!(ta[0].vips[0].to_string(), vip_b);
+    assert_eq!(vips.0.map(|v| v.to_string()), Some(vip_b.clone()), "the lookup answered b's VIP");
 
     // Built: the next lookup is answered at once, with b's VIP.
     let mut again = resolve(&mut a, "b.home.ntm.test", net.now());
