@@ -228,11 +228,6 @@ impl TunnelTable {
         v
     }
 
-    /// Points a tunnel at a new endpoint (the node moved, or the DC said so).
-    pub fn set_endpoint(&mut self, local_id: u32, endpoint: SocketAddr) -> bool {
-        self.by_id.get_mut(&local_id).map(|t| t.endpoint = endpoint).is_some()
-    }
-
     /// When the next tunnel falls idle.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.by_id.values().map(|t| t.last_data + self.idle_timeout).min()

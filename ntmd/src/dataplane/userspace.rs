@@ -126,11 +126,6 @@ impl Dataplane for Userspace {
         Ok(())
     }
 
-    fn set_endpoint(&self, local_id: u32, endpoint: SocketAddr) -> anyhow::Result<()> {
-        self.shared.table.lock().expect("table lock").set_endpoint(local_id, endpoint);
-        Ok(())
-    }
-
     fn send_keepalives(&self) {
         let packets = self.shared.table.lock().expect("table lock").keepalives();
         let tunnels = packets.len();
