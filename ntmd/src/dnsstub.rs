@@ -14,6 +14,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use host::dns::{read_tcp_message, write_tcp_message, Client};
+use host::loglimit::LogLimiter;
 use proto::dns::parents;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
@@ -79,8 +80,10 @@ struct Inner<N> {
     upstream: Client,
     stats: Arc<StubStats>,
     inflight: Arc<Semaphore>,
-    /// When a malformed query was last logged, and how many went unlogged since.
-    malformed_log: Mutex<(Option<Instant>, u64)>,
+    /// Log lines about malformed queries, and about forwarding failures (both caused from
+    /// outside), at a bounded rate.
+    malformed_log: LogLimiter,
+    forward_log: LogLimiter,
 }
 
 impl<N: NtmNames> DnsStub<N> {
@@ -110,7 +113,8 @@ impl<N: NtmNames> DnsStub<N> {
             upstream,
             stats: Arc::default(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
-            malformed_log: Mutex::new((None, 0)),
+            malformed_log: LogLimiter::new(MALFORMED_LOG_EVERY),
+            forward_log: LogLimiter::new(MALFORMED_LOG_EVERY),
         };
         Ok(DnsStub { inner: Arc::new(inner), udp, tcp })
     }
@@ -282,7 +286,7 @@ impl<N: NtmNames> Inner<N> {
             Err(e) => {
                 self.stats.servfail.fetch_add(1, Ordering::Relaxed);
                 let q = msg.query().map(|q| format!("{} {}", q.name(), q.query_type())).unwrap_or_default();
-                tracing::warn!(query = %q, "DNS forwarding failed: {e}");
+                self.forward_log.hit(|held| tracing::warn!(query = %q, held, "DNS forwarding failed: {e}"));
                 let mut r = Message::error_msg(msg.id(), msg.op_code(), ResponseCode::ServFail);
                 r.set_recursion_desired(msg.recursion_desired()).add_queries(msg.queries().to_vec());
                 encode(&r)
@@ -292,14 +296,8 @@ impl<N: NtmNames> Inner<N> {
 
     fn malformed(&self, from: SocketAddr, why: &str) {
         self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-        let Ok(mut log) = self.malformed_log.lock() else { return };
-        let now = Instant::now();
-        if log.0.is_none_or(|last| now.duration_since(last) >= MALFORMED_LOG_EVERY) {
-            tracing::warn!(%from, unlogged_since_last = log.1, "DNS stub: malformed query dropped: {why}");
-            *log = (Some(now), 0);
-        } else {
-            log.1 += 1;
-        }
+        self.malformed_log
+            .hit(|held| tracing::warn!(%from, unlogged_since_last = held, "DNS stub: malformed query dropped: {why}"));
     }
 }
 
