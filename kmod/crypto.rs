@@ -10,7 +10,7 @@
 
 use kernel::prelude::*;
 
-use crate::bindings::{self, KEY_LEN, TAG_LEN};
+use crate::bindings::aead::{self, KEY_LEN, TAG_LEN};
 use crate::replay::ReplayWindow;
 
 pub(crate) const TYPE_DATA: u8 = 4;
@@ -38,7 +38,7 @@ impl Key {
 
 impl Drop for Key {
     fn drop(&mut self) {
-        bindings::memzero_explicit(&mut self.0);
+        aead::memzero_explicit(&mut self.0);
     }
 }
 
@@ -72,12 +72,12 @@ pub(crate) fn parse_header(b: &[u8]) -> Option<Header> {
 pub(crate) fn seal(buf: &mut [u8], receiver: u32, counter: u64, key: &Key) {
     let payload = buf.len() - DATA_OVERHEAD;
     write_header(buf, receiver, counter);
-    bindings::aead_seal(&mut buf[DATA_HEADER..], payload, counter, &key.0);
+    aead::seal(&mut buf[DATA_HEADER..], payload, counter, &key.0);
 }
 
 /// Opens `sealed` (ciphertext + tag) in place; the plaintext is `sealed[..len - TAG_LEN]`.
 pub(crate) fn open(sealed: &mut [u8], counter: u64, key: &Key) -> bool {
-    bindings::aead_open(sealed, counter, &key.0)
+    aead::open(sealed, counter, &key.0)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,14 +7,18 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use kernel::ffi::c_int;
 use kernel::prelude::*;
 
-use crate::bindings::{NetDev, SockSlot, SpinLockBh};
+use crate::bindings::netdev::{DeadDev, DevCallback, NetDev, NewDev};
+use crate::bindings::socket::SockSlot;
+use crate::bindings::sync::SpinLockBh;
 use crate::netlink::{self, DestroyReason};
 use crate::new_spinlock_bh;
 use crate::send::MissLimiter;
-use crate::table::{Table, TableGuard, Tunnel};
+use crate::table::{Table, TableGuard};
 use crate::timers;
+use crate::tunnel::Tunnel;
 
 /// Idle timeout until userspace sets one (the node daemon's default).
 pub(crate) const DEFAULT_IDLE_TIMEOUT_MS: u32 = 180_000;
@@ -45,7 +49,7 @@ impl Device {
     pub(crate) fn new(ndev: NetDev) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             ndev,
-            table <- Table::new(DevCtl { up: false, dead: false }),
+            table <- Table::new(DevCtl { up: false, dead: false })?,
             sock4: SockSlot::new(),
             sock6: SockSlot::new(),
             idle_timeout_ms: AtomicU32::new(DEFAULT_IDLE_TIMEOUT_MS),
@@ -113,5 +117,50 @@ impl Device {
             netlink::notify_destroyed(self, tunnel, reason, false)
         });
         timers::tunnels_changed(self, t);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points: the shim's newlink, net_device_ops and destructor call these.
+
+/// newlink, before the device is registered: its state.
+#[no_mangle]
+extern "C" fn ntm_rs_dev_new(dev: NewDev) -> c_int {
+    match KBox::pin_init(Device::new(dev.netdev()), GFP_KERNEL) {
+        Ok(state) => {
+            dev.set_state(state);
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// The destructor (or newlink's error path): the state goes. A second call does nothing.
+#[no_mangle]
+extern "C" fn ntm_rs_dev_free(dev: DeadDev) {
+    drop(dev.take_state());
+}
+
+#[no_mangle]
+extern "C" fn ntm_rs_dev_open(dev: DevCallback) -> c_int {
+    match dev.state() {
+        Some(d) => d.open().map_or_else(|e| e.to_errno(), |()| 0),
+        None => ENODEV.to_errno(),
+    }
+}
+
+#[no_mangle]
+extern "C" fn ntm_rs_dev_stop(dev: DevCallback) -> c_int {
+    if let Some(d) = dev.state() {
+        d.stop();
+    }
+    0
+}
+
+/// ndo_uninit; the state is freed later, by the destructor.
+#[no_mangle]
+extern "C" fn ntm_rs_dev_uninit(dev: DevCallback) {
+    if let Some(d) = dev.state() {
+        d.uninit();
     }
 }

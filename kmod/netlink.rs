@@ -10,15 +10,19 @@ use kernel::prelude::*;
 use kernel::str::CStr;
 use kernel::sync::Arc;
 
-use crate::bindings::{
-    self, Attr, DevRef, DstCache, Dump, Info, Msg, NlWrite, SockRef, TunnelAttrs,
-};
+use crate::bindings::err;
+use crate::bindings::genl::{Attr, Dump, Info, Msg, NlWrite, TunnelAttrs};
+use crate::bindings::netdev::DevRef;
+use crate::bindings::route::DstCache;
+use crate::bindings::socket::SockRef;
+use crate::bindings::time;
 use crate::crypto::Key;
 use crate::device::Device;
 use crate::send;
 use crate::socket::{self, Endpoint};
-use crate::table::{Tunnel, TunnelConfig, Vip};
+use crate::table::TableGuard;
 use crate::timers;
+use crate::tunnel::{Tunnel, TunnelConfig, Vip};
 
 #[path = "netlink_gen.rs"]
 mod gen;
@@ -152,17 +156,12 @@ fn key(
 }
 
 /// The device is open and not going away (table locked).
-fn check_usable(info: &Info<'_>, t: &crate::table::TableGuard<'_>) -> Result {
+fn check_usable(info: &Info<'_>, t: &TableGuard<'_>) -> Result {
     if t.dev_ref().dead {
         return Err(reject(info, msg!("device is going away"), None, ENODEV));
     }
     if !t.dev_ref().up {
-        return Err(reject(
-            info,
-            msg!("device is down"),
-            None,
-            bindings::err::enetdown(),
-        ));
+        return Err(reject(info, msg!("device is down"), None, err::enetdown()));
     }
     Ok(())
 }
@@ -343,7 +342,7 @@ pub(crate) fn tunnel_new(info: &Info<'_>) -> Result {
 /// The tunnel `id` (from `id_attr`), or ENOENT with an extack naming the attribute.
 fn by_local_id<'t>(
     info: &Info<'_>,
-    t: &'t crate::table::TableGuard<'_>,
+    t: &'t TableGuard<'_>,
     id_attr: Attr<'_>,
     id: u32,
 ) -> Result<&'t Arc<Tunnel>> {
@@ -399,12 +398,7 @@ pub(crate) fn tunnel_get(info: &Info<'_>) -> Result {
     let t = dev.table.lock();
     let tun = by_local_id(info, &t, id_attr, id)?;
     let mut m = Msg::reply(info, cmd::TUNNEL_GET)?;
-    put_tunnel(
-        &mut m,
-        dev.ndev.ifindex(),
-        tun,
-        Fill::Full(bindings::jiffies()),
-    )?;
+    put_tunnel(&mut m, dev.ndev.ifindex(), tun, Fill::Full(time::jiffies()))?;
     drop(t);
     m.send_reply(info)
 }
@@ -419,7 +413,7 @@ pub(crate) fn tunnel_get_dump(dump: &mut Dump<'_>) -> Result {
     let dev = device(&info)?;
     let start = dump.args()[0] as u32;
     let ifindex = dev.ndev.ifindex();
-    let now = bindings::jiffies();
+    let now = time::jiffies();
     let mut t = dev.table.lock();
     let resume = t.walk_from(start, |tun| {
         let Some(mut e) = dump.begin(cmd::TUNNEL_GET) else {
@@ -553,7 +547,7 @@ fn put_tunnel<W: NlWrite>(w: &mut W, ifindex: u32, t: &Tunnel, fill: Fill) -> Re
                 use core::sync::atomic::Ordering::Relaxed;
                 w.put_u32(tunnel::REMOTE_ID, t.remote_id)?;
                 put_endpoint(w, t.endpoint())?;
-                w.put_u32(tunnel::IDLE_MS, bindings::jiffies_to_msecs(t.idle(now)))?;
+                w.put_u32(tunnel::IDLE_MS, time::jiffies_to_msecs(t.idle(now)))?;
                 w.put_uint(tunnel::TX_PACKETS, t.stats.tx_packets.load(Relaxed))?;
                 w.put_uint(tunnel::TX_BYTES, t.stats.tx_bytes.load(Relaxed))?;
                 w.put_uint(tunnel::RX_PACKETS, t.stats.rx_packets.load(Relaxed))?;

@@ -8,7 +8,7 @@
 
 use kernel::ffi::c_int;
 
-use crate::bindings::{genl_doit, genl_dumpit, genl_info, netlink_callback, sk_buff};
+use crate::bindings::genl::{self, DumpCallback, DumpMsg, Info, RequestSkb};
 
 /// The family's name.
 pub(crate) const FAMILY_NAME: &str = "ntm";
@@ -126,56 +126,48 @@ pub(crate) enum DestroyReason {
 
 /// dev-set (do).
 #[no_mangle]
-extern "C" fn ntm_nl_dev_set_doit(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    // SAFETY: genetlink calls a doit with its request, valid for the call.
-    unsafe { genl_doit(info, super::dev_set) }
+extern "C" fn ntm_nl_dev_set_doit(_skb: RequestSkb, info: Info<'_>) -> c_int {
+    genl::doit(info, super::dev_set)
 }
 
 /// dev-get (do).
 #[no_mangle]
-extern "C" fn ntm_nl_dev_get_doit(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    // SAFETY: genetlink calls a doit with its request, valid for the call.
-    unsafe { genl_doit(info, super::dev_get) }
+extern "C" fn ntm_nl_dev_get_doit(_skb: RequestSkb, info: Info<'_>) -> c_int {
+    genl::doit(info, super::dev_get)
 }
 
 /// tunnel-new (do).
 #[no_mangle]
-extern "C" fn ntm_nl_tunnel_new_doit(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    // SAFETY: genetlink calls a doit with its request, valid for the call.
-    unsafe { genl_doit(info, super::tunnel_new) }
+extern "C" fn ntm_nl_tunnel_new_doit(_skb: RequestSkb, info: Info<'_>) -> c_int {
+    genl::doit(info, super::tunnel_new)
 }
 
 /// tunnel-set (do).
 #[no_mangle]
-extern "C" fn ntm_nl_tunnel_set_doit(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    // SAFETY: genetlink calls a doit with its request, valid for the call.
-    unsafe { genl_doit(info, super::tunnel_set) }
+extern "C" fn ntm_nl_tunnel_set_doit(_skb: RequestSkb, info: Info<'_>) -> c_int {
+    genl::doit(info, super::tunnel_set)
 }
 
 /// tunnel-get (do).
 #[no_mangle]
-extern "C" fn ntm_nl_tunnel_get_doit(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    // SAFETY: genetlink calls a doit with its request, valid for the call.
-    unsafe { genl_doit(info, super::tunnel_get) }
+extern "C" fn ntm_nl_tunnel_get_doit(_skb: RequestSkb, info: Info<'_>) -> c_int {
+    genl::doit(info, super::tunnel_get)
 }
 
 /// tunnel-get (dump).
 #[no_mangle]
-extern "C" fn ntm_nl_tunnel_get_dumpit(skb: *mut sk_buff, cb: *mut netlink_callback) -> c_int {
-    // SAFETY: genetlink calls a dumpit with the message to fill and its callback state.
-    unsafe { genl_dumpit(skb, cb, super::tunnel_get_dump) }
+extern "C" fn ntm_nl_tunnel_get_dumpit(msg: DumpMsg, cb: DumpCallback) -> c_int {
+    genl::dumpit(msg, cb, super::tunnel_get_dump)
 }
 
 /// tunnel-del (do).
 #[no_mangle]
-extern "C" fn ntm_nl_tunnel_del_doit(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    // SAFETY: genetlink calls a doit with its request, valid for the call.
-    unsafe { genl_doit(info, super::tunnel_del) }
+extern "C" fn ntm_nl_tunnel_del_doit(_skb: RequestSkb, info: Info<'_>) -> c_int {
+    genl::doit(info, super::tunnel_del)
 }
 
 /// tunnel-keepalive (do).
 #[no_mangle]
-extern "C" fn ntm_nl_tunnel_keepalive_doit(_skb: *mut sk_buff, info: *mut genl_info) -> c_int {
-    // SAFETY: genetlink calls a doit with its request, valid for the call.
-    unsafe { genl_doit(info, super::tunnel_keepalive) }
+extern "C" fn ntm_nl_tunnel_keepalive_doit(_skb: RequestSkb, info: Info<'_>) -> c_int {
+    genl::doit(info, super::tunnel_keepalive)
 }

@@ -6,11 +6,13 @@
 //! tunnels (ChaCha20-Poly1305, WireGuard's packet shape), over sockets the node daemon hands
 //! over; a tunnel table with idle expiry; and the generic netlink family `ntm` through which
 //! the daemon drives it and learns what the module did. This file only sets up and tears down,
-//! in dependency order. One file per concern: `device`, `socket`, `send`, `receive`, `table`,
-//! `timers`, `netlink`, `crypto`, `replay`; every raw binding is in `bindings` (with the C shim,
-//! `ntm_shim.c`).
+//! in dependency order. One file per concern: `device`, `socket`, `send`, `receive`, `tunnel`,
+//! `table`, `timers`, `netlink` (with its generated half, `netlink_gen.rs`), `crypto`, `replay`;
+//! every raw binding and every `unsafe` is in `bindings/` (with the C shim, `ntm_shim.c`).
 
 use kernel::prelude::*;
+
+use bindings::{genl, netdev, sync};
 
 mod bindings;
 mod crypto;
@@ -22,6 +24,7 @@ mod send;
 mod socket;
 mod table;
 mod timers;
+mod tunnel;
 
 module! {
     type: Ntm,
@@ -36,9 +39,9 @@ struct Ntm;
 impl kernel::Module for Ntm {
     fn init(_module: &'static ThisModule) -> Result<Self> {
         crypto::self_test()?;
-        bindings::genl_register()?;
-        if let Err(e) = bindings::link_register() {
-            bindings::genl_unregister();
+        genl::register()?;
+        if let Err(e) = netdev::link_register() {
+            genl::unregister();
             return Err(e);
         }
         pr_info!("loaded: link kind \"ntm\", generic netlink family \"ntm\"\n");
@@ -50,9 +53,9 @@ impl Drop for Ntm {
     fn drop(&mut self) {
         // Devices first (their tunnels go with reason device-down, still reported), then the
         // family, then whatever RCU callbacks are still pending.
-        bindings::link_unregister();
-        bindings::genl_unregister();
-        bindings::barrier();
+        netdev::link_unregister();
+        genl::unregister();
+        sync::rcu_barrier();
         pr_info!("unloaded\n");
     }
 }

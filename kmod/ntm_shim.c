@@ -57,6 +57,7 @@ void ntm_shim_local_bh_disable(void) { local_bh_disable(); }
 void ntm_shim_local_bh_enable(void) { local_bh_enable(); }
 void ntm_shim_spin_lock_bh(struct spinlock *lock) { spin_lock_bh(lock); }
 void ntm_shim_spin_unlock_bh(struct spinlock *lock) { spin_unlock_bh(lock); }
+void ntm_shim_cond_resched(void) { cond_resched(); }
 unsigned long ntm_shim_jiffies(void) { return jiffies; }
 unsigned long ntm_shim_msecs_to_jiffies(u32 ms) { return msecs_to_jiffies(ms); }
 u32 ntm_shim_jiffies_to_msecs(unsigned long j) { return jiffies_to_msecs(j); }

@@ -4,8 +4,8 @@
  * (ntm_shim.c), linked into one module, ntm.ko.
  *
  * Only opaque pointers and scalars cross it, so Rust never depends on a config-dependent
- * struct layout. `bindings.rs` declares the same functions in the same order: keep them in
- * step. The netlink family's numbers, policies, op table and handlers are generated from
+ * struct layout. The binding layer (bindings/) declares these functions, each in the file of
+ * its subject: keep them in step. The netlink family's numbers, policies, op table and handlers are generated from
  * kmod/spec/ntm.yaml by scripts/gen-netlink, into ntm_nl_gen.h and ntm_nl_gen.c.
  */
 #ifndef NTM_SHIM_H
@@ -39,6 +39,7 @@ void ntm_shim_local_bh_disable(void);
 void ntm_shim_local_bh_enable(void);
 void ntm_shim_spin_lock_bh(struct spinlock *lock);
 void ntm_shim_spin_unlock_bh(struct spinlock *lock);
+void ntm_shim_cond_resched(void);
 unsigned long ntm_shim_jiffies(void);
 unsigned long ntm_shim_msecs_to_jiffies(u32 ms);
 u32 ntm_shim_jiffies_to_msecs(unsigned long j);
@@ -52,7 +53,7 @@ void ntm_shim_dev_put(struct net_device *dev);
 struct net *ntm_shim_dev_net(struct net_device *dev);
 int ntm_shim_dev_ifindex(struct net_device *dev);
 void ntm_shim_dev_rx_add(struct net_device *dev, unsigned int len);
-/* which: see enum ntm_stat in ntm_shim.c and `Stat` in bindings.rs */
+/* which: see enum ntm_stat in ntm_shim.c and `Stat` in bindings/netdev.rs */
 void ntm_shim_dev_stat_inc(struct net_device *dev, int which);
 /* idle sweep: queue (force: move an already queued one) on system_power_efficient_wq */
 void ntm_shim_sweep_arm(struct net_device *dev, unsigned long delay, bool force);
@@ -76,7 +77,6 @@ int ntm_shim_skb_outer_source(const struct sk_buff *skb, u8 addr[16], u16 *port)
 /* a new linear skb of len zeroed bytes with headroom free in front (process context) */
 struct sk_buff *ntm_shim_skb_alloc(unsigned int headroom, unsigned int len);
 int ntm_shim_rx_deliver(struct net_device *dev, struct sk_buff *skb, bool ipv6);
-void ntm_shim_icmp_unreachable(struct sk_buff *skb);
 /*
  * Routes to endpoints, cached per tunnel. ntm_shim_route (bottom halves disabled): family 4 or
  * 6, addresses in 16 bytes; on success *dst holds a reference (given to route_xmit, which
@@ -128,15 +128,24 @@ int ntm_shim_nla_put_uint(struct sk_buff *msg, int type, u64 value);
 struct nlattr *ntm_shim_nest_start(struct sk_buff *msg, int type);
 void ntm_shim_nest_end(struct sk_buff *msg, struct nlattr *nest);
 
-/* ---- C -> Rust (#[no_mangle] extern "C" in bindings.rs) ---- */
+/*
+ * ---- C -> Rust ----
+ *
+ * #[no_mangle] extern "C" functions next to the code they enter; their pointer arguments are
+ * never NULL, and each is typed in Rust by what the callback may do with it (bindings/).
+ */
 
+/* device.rs: newlink, the destructor (and newlink's error path), net_device_ops */
 int ntm_rs_dev_new(struct net_device *dev);
 void ntm_rs_dev_free(struct net_device *dev);
 int ntm_rs_dev_open(struct net_device *dev);
 int ntm_rs_dev_stop(struct net_device *dev);
 void ntm_rs_dev_uninit(struct net_device *dev);
+/* send.rs: one segment (consumed) */
 void ntm_rs_xmit(struct sk_buff *skb, struct net_device *dev);
+/* timers.rs: the sweep's delayed work */
 void ntm_rs_sweep(struct net_device *dev);
+/* receive.rs, socket.rs: the encap hooks of the sockets taken over */
 int ntm_rs_encap_rcv(struct sock *sk, struct sk_buff *skb);
 void ntm_rs_encap_destroy(struct sock *sk);
 

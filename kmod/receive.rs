@@ -6,13 +6,18 @@
 //! window and against the peer's VIP, makes the tunnel follow its outer source (roaming), and
 //! its inner packet goes to the stack on the ntm device. Whatever fails is counted and dropped.
 
-use crate::bindings::{RcuGuard, Skb, Stat};
+use kernel::ffi::c_int;
+
+use crate::bindings::netdev::Stat;
+use crate::bindings::skb::Skb;
+use crate::bindings::socket::{encap_verdict, EncapSock};
+use crate::bindings::sync::RcuGuard;
 use crate::crypto::{self, DATA_HEADER, DATA_OVERHEAD, TYPE_DATA};
 use crate::device::Device;
 use crate::netlink;
 use crate::socket::Endpoint;
-use crate::table::{Tunnel, TunnelStats};
 use crate::timers;
+use crate::tunnel::{Tunnel, TunnelStats};
 
 const UDP_HEADER: usize = 8;
 
@@ -116,4 +121,16 @@ fn receive_data(dev: &Device, skb: Skb) {
     if skb.deliver(ndev, ipv6) {
         ndev.rx_add(len);
     }
+}
+
+/// encap_rcv of the device's sockets: 1 gives the datagram back to UDP untouched, 0 means it
+/// was consumed.
+#[no_mangle]
+extern "C" fn ntm_rs_encap_rcv(sk: EncapSock, skb: Skb) -> c_int {
+    let guard = RcuGuard::new();
+    let rest = match sk.device(&guard) {
+        Some(d) => encap_rcv(d, skb),
+        None => Some(skb),
+    };
+    encap_verdict(rest)
 }

@@ -6,13 +6,18 @@
 //! per device per second) so that the daemon builds the tunnel; the sender's retransmission
 //! then goes through.
 
-use crate::bindings::{self, BhGuard, RcuGuard, Skb, Stat, WritableSkb, TAG_LEN};
+use crate::bindings::aead::TAG_LEN;
+use crate::bindings::err;
+use crate::bindings::netdev::{DevCallback, Stat};
+use crate::bindings::skb::{Skb, WritableSkb};
+use crate::bindings::sync::{BhGuard, RcuGuard};
+use crate::bindings::time;
 use crate::crypto::DATA_HEADER;
 use crate::device::Device;
 use crate::netlink;
 use crate::socket;
-use crate::table::{Tunnel, TunnelStats, Vip};
 use crate::timers;
+use crate::tunnel::{Tunnel, TunnelStats, Vip};
 use kernel::error::{code::ENOMEM, Result};
 
 /// Room in front of the inner packet: data header, UDP, outer IPv6, a link-layer header.
@@ -99,11 +104,11 @@ fn miss(dev: &Device, vip: Vip) {
     if !is_peer_address(vip) {
         return;
     }
-    let now = bindings::jiffies();
+    let now = time::jiffies();
     if dev
         .misses
         .lock()
-        .allow(vip, now, bindings::msecs_to_jiffies(1000))
+        .allow(vip, now, time::msecs_to_jiffies(1000))
     {
         netlink::notify_miss(dev, vip);
     }
@@ -150,7 +155,7 @@ pub(crate) fn keepalive(dev: &Device, t: &Tunnel) -> Result {
     let ndev = dev.ndev;
     let Some(counter) = t.next_counter() else {
         ndev.stat(Stat::TxErrors);
-        return Err(bindings::err::ekeyexpired());
+        return Err(err::ekeyexpired());
     };
     let Some(mut skb) = WritableSkb::alloc(HEADROOM, DATA_HEADER + TAG_LEN) else {
         ndev.stat(Stat::TxDropped);
@@ -165,4 +170,13 @@ pub(crate) fn keepalive(dev: &Device, t: &Tunnel) -> Result {
         ndev.stat(Stat::TxCarrierErrors);
     }
     r
+}
+
+/// ndo_start_xmit, for each segment of a GSO packet (the shim segments them).
+#[no_mangle]
+extern "C" fn ntm_rs_xmit(skb: Skb, dev: DevCallback) {
+    match dev.state() {
+        Some(d) => xmit(d, skb),
+        None => drop(skb),
+    }
 }

@@ -7,10 +7,15 @@
 
 use kernel::prelude::*;
 
-use crate::bindings::{AttachError, ClosingSock, NetDev, RcuGuard, SockRef, WritableSkb};
+use crate::bindings::err;
+use crate::bindings::netdev::NetDev;
+use crate::bindings::skb::WritableSkb;
+use crate::bindings::socket::{AttachError, ClosingSock, EncapSock, SockRef};
+use crate::bindings::sync::RcuGuard;
 use crate::device::Device;
 use crate::netlink::DestroyReason;
-use crate::table::{TableGuard, Tunnel};
+use crate::table::TableGuard;
+use crate::tunnel::Tunnel;
 
 /// Where a tunnel's packets go: the peer's (or its relay's, or its NAT's) address and port.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,7 +74,7 @@ pub(crate) fn take(
     }
     match SockRef::attach(ndev, fd, ipv6) {
         Ok(s) => Ok(Some(Change::Attach(s))),
-        Err(e) if e.err.to_errno() == crate::bindings::err::ealready().to_errno() => Ok(None),
+        Err(e) if e.err.to_errno() == err::ealready().to_errno() => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -136,9 +141,7 @@ pub(crate) fn send(dev: &Device, guard: &RcuGuard, skb: WritableSkb, t: &Tunnel)
     let ep = t.endpoint();
     let slot = if ep.is_v6() { &dev.sock6 } else { &dev.sock4 };
     // Without a socket or a route the skb is dropped (freed) here.
-    let sock = slot
-        .get(guard)
-        .ok_or_else(crate::bindings::err::enetunreach)?;
+    let sock = slot.get(guard).ok_or_else(err::enetunreach)?;
     let route = sock.route(dev.ndev, t.routes(), &ep)?;
     if route.fresh() {
         t.keep_route(ep, &route, || {
@@ -147,4 +150,13 @@ pub(crate) fn send(dev: &Device, guard: &RcuGuard, skb: WritableSkb, t: &Tunnel)
     }
     sock.xmit(dev.ndev, skb, route);
     Ok(())
+}
+
+/// encap_destroy of the device's sockets: the owner closed one.
+#[no_mangle]
+extern "C" fn ntm_rs_encap_destroy(sk: EncapSock) {
+    let guard = RcuGuard::new();
+    if let Some(d) = sk.device(&guard) {
+        closed_by_owner(d, sk.closing());
+    }
 }

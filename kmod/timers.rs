@@ -5,18 +5,21 @@
 //! per device (`sweep`) destroys every tunnel idle for the device's timeout, then re-arms
 //! itself for the next deadline (the ovpn model). Keepalives are not activity.
 
-use crate::bindings;
+use crate::bindings::netdev::DevCallback;
+use crate::bindings::sync;
+use crate::bindings::time;
 use crate::device::Device;
 use crate::netlink::DestroyReason;
 use crate::socket;
-use crate::table::{TableGuard, Tunnel};
+use crate::table::TableGuard;
+use crate::tunnel::Tunnel;
 
 pub(crate) fn data_sent(t: &Tunnel) {
-    t.touch(bindings::jiffies());
+    t.touch(time::jiffies());
 }
 
 pub(crate) fn data_received(t: &Tunnel) {
-    t.touch(bindings::jiffies());
+    t.touch(time::jiffies());
 }
 
 /// Tunnels were added or removed: make sure a sweep is queued if anything can expire. A
@@ -24,7 +27,7 @@ pub(crate) fn data_received(t: &Tunnel) {
 pub(crate) fn tunnels_changed(dev: &Device, t: &TableGuard<'_>) {
     let ms = dev.idle_timeout_ms();
     if ms != 0 && t.len() != 0 && !t.dev_ref().dead {
-        dev.ndev.sweep_arm(bindings::msecs_to_jiffies(ms), false);
+        dev.ndev.sweep_arm(time::msecs_to_jiffies(ms), false);
     }
 }
 
@@ -38,8 +41,8 @@ pub(crate) fn timeout_changed(dev: &Device) {
 /// static key is on, so the sweep checks too (a closed socket is marked dead).
 const SOCKET_CHECK_MS: u32 = 2000;
 
-/// Tunnels destroyed per batch: between batches the sweep drops the table's mutex (and waits
-/// for a grace period to free them), so netlink requests are not held up by a mass expiry.
+/// Tunnels destroyed per batch: between batches the sweep drops the table's mutex, so netlink
+/// requests are not held up by a mass expiry (RCU callbacks free the tunnels later).
 const SWEEP_BATCH: usize = 512;
 
 /// The delayed work.
@@ -57,8 +60,8 @@ pub(crate) fn sweep(dev: &Device) {
         let ms = dev.idle_timeout_ms();
         let mut next: Option<u64> = None;
         if ms != 0 {
-            let timeout = bindings::msecs_to_jiffies(ms);
-            let now = bindings::jiffies();
+            let timeout = time::msecs_to_jiffies(ms);
+            let now = time::jiffies();
             let resume = t.remove_some(
                 start,
                 SWEEP_BATCH,
@@ -66,9 +69,10 @@ pub(crate) fn sweep(dev: &Device) {
                 |tun| crate::netlink::notify_destroyed(dev, tun, DestroyReason::Idle, false),
             );
             if let Some(id) = resume {
-                // Dropping the guard frees the batch after a grace period (a scheduling point).
+                // Let netlink requests waiting for the mutex in.
                 start = id;
                 drop(t);
+                sync::cond_resched();
                 continue;
             }
             t.for_each(|tun| {
@@ -77,7 +81,7 @@ pub(crate) fn sweep(dev: &Device) {
             });
         }
         if socket::any_attached(dev) {
-            let check = bindings::msecs_to_jiffies(SOCKET_CHECK_MS);
+            let check = time::msecs_to_jiffies(SOCKET_CHECK_MS);
             next = Some(next.map_or(check, |n| n.min(check)));
         }
         if let Some(delay) = next {
@@ -87,4 +91,12 @@ pub(crate) fn sweep(dev: &Device) {
         break;
     }
     drop(released);
+}
+
+/// The sweep's delayed work (cancelled in ndo_uninit, before the state goes).
+#[no_mangle]
+extern "C" fn ntm_rs_sweep(dev: DevCallback) {
+    if let Some(d) = dev.state() {
+        sweep(d);
+    }
 }
