@@ -29,12 +29,27 @@ pub type Vips = (Option<Ipv4Addr>, Option<Ipv6Addr>);
 #[derive(Debug)]
 pub enum Cmd {
     /// The VIPs of `fqdn` once its tunnel is up (what the stub resolver asks for a name).
-    Resolve { fqdn: String, reply: oneshot::Sender<Result<Vips, String>> },
+    Resolve {
+        /// The name, lowercase, without the trailing dot.
+        fqdn: String,
+        /// Gets the VIPs, or why there is no tunnel (the stub then answers SERVFAIL).
+        reply: oneshot::Sender<Result<Vips, String>>,
+    },
     /// The state `ntmctl show` prints; `read` is what the data plane said, when it was asked
     /// off the handler's task (else the handler asks it).
-    Show { read: Option<Readings>, reply: oneshot::Sender<Status> },
+    Show {
+        /// The data plane's readings, if already taken; `None`: the handler reads it.
+        read: Option<Readings>,
+        /// Gets the node's status.
+        reply: oneshot::Sender<Status>,
+    },
     /// The metrics page (`read` as for `Show`).
-    Metrics { read: Option<Readings>, reply: oneshot::Sender<String> },
+    Metrics {
+        /// The data plane's readings, if already taken; `None`: the handler reads it.
+        read: Option<Readings>,
+        /// Gets the Prometheus page.
+        reply: oneshot::Sender<String>,
+    },
     /// The node's own addresses changed.
     LocalAddrs(Vec<SocketAddr>),
     /// The data plane was read off the handler's task for the `Show` and `Metrics` requests
@@ -61,7 +76,10 @@ impl Readings {
 /// What the handler is fed.
 #[derive(Debug)]
 pub enum Input {
+    /// Something the data plane saw: a signaling datagram, a tunnel destroyed, a miss, an
+    /// endpoint change.
     Dataplane(DpEvent),
+    /// A request from another task of the daemon.
     Cmd(Cmd),
 }
 
