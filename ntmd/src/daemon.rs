@@ -272,6 +272,7 @@ impl Core for Daemon {
                 debug!(dst = %t.dst, "send failed: {e}");
             }
         }
+        self.handler.release_answers();
         self.set_vips();
     }
 

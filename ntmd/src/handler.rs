@@ -109,6 +109,9 @@ impl Default for Counters {
     }
 }
 
+/// A lookup waiting for its peer's tunnel: the peer's VIPs, or why there is no tunnel.
+type Waiter = oneshot::Sender<Result<Vips, String>>;
+
 /// The node daemon's state and event handling.
 pub struct Handler {
     fqdn: String,
@@ -116,7 +119,10 @@ pub struct Handler {
     dataplane: Arc<dyn Dataplane>,
     events: broadcast::Sender<Event>,
     /// Resolutions waiting for a peer's tunnel.
-    waiters: HashMap<String, Vec<oneshot::Sender<Result<Vips, String>>>>,
+    waiters: HashMap<String, Vec<Waiter>>,
+    /// Answers for waiters, released by [`Handler::release_answers`] once the datagrams of the
+    /// same step have left.
+    answers: Vec<(Waiter, Result<Vips, String>)>,
     /// The VIPs the registration gave, and those on the device.
     wanted_vips: Vips,
     device_vips: Vips,
@@ -134,6 +140,7 @@ impl Handler {
             dataplane,
             events,
             waiters: HashMap::new(),
+            answers: Vec::new(),
             wanted_vips: (None, None),
             device_vips: (None, None),
             counters: Counters::default(),
@@ -164,6 +171,23 @@ impl Handler {
     /// A datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.core.poll_transmit()
+    }
+
+    /// Answers the lookups whose tunnel is up (or failed). Called once the step's datagrams
+    /// are sent: on the side that answers a tunnel handshake, the answer must leave before the
+    /// application, told the VIP, sends its first packet, or the peer gets that packet before
+    /// it has the tunnel.
+    pub fn release_answers(&mut self) {
+        for (w, r) in self.answers.drain(..) {
+            let _ = w.send(r);
+        }
+    }
+
+    /// Queues the answer for every lookup waiting on `fqdn`.
+    fn answer(&mut self, fqdn: &str, r: Result<Vips, String>) {
+        for w in self.waiters.remove(fqdn).unwrap_or_default() {
+            self.answers.push((w, r.clone()));
+        }
     }
 
     /// The VIPs to put on the virtual device, when they changed; [`Handler::vips_set`] says
@@ -301,9 +325,7 @@ impl Handler {
                     warn!(peer = %spec.fqdn, "{reason}");
                     self.counters.build_failed += 1;
                     self.core.tunnel_destroyed(spec.local_id);
-                    for w in self.waiters.remove(&spec.fqdn).unwrap_or_default() {
-                        let _ = w.send(Err(reason.clone()));
-                    }
+                    self.answer(&spec.fqdn, Err(reason.clone()));
                     let _ = self.events.send(Event::BuildFailed { fqdn: spec.fqdn, reason });
                     return;
                 }
@@ -314,9 +336,7 @@ impl Handler {
                     path: spec.path,
                     local_id: spec.local_id,
                 });
-                for w in self.waiters.remove(&spec.fqdn).unwrap_or_default() {
-                    let _ = w.send(Ok((spec.vip4, spec.vip6)));
-                }
+                self.answer(&spec.fqdn, Ok((spec.vip4, spec.vip6)));
             }
             NodeEvent::TunnelDown { fqdn, local_id } => {
                 if let Err(e) = self.dataplane.remove(local_id) {
@@ -329,9 +349,7 @@ impl Handler {
             NodeEvent::BuildFailed { fqdn, reason } => {
                 self.counters.build_failed += 1;
                 self.counters.build_started.remove(&fqdn);
-                for w in self.waiters.remove(&fqdn).unwrap_or_default() {
-                    let _ = w.send(Err(reason.clone()));
-                }
+                self.answer(&fqdn, Err(reason.clone()));
                 let _ = self.events.send(Event::BuildFailed { fqdn, reason });
             }
         }

@@ -77,7 +77,11 @@ impl Endpoint for Node {
         if let Some(v) = self.handler.poll_vips() {
             self.handler.vips_set(v);
         }
-        self.handler.poll_transmit()
+        let t = self.handler.poll_transmit();
+        if t.is_none() {
+            self.handler.release_answers();
+        }
+        t
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.handler.poll_timeout()
