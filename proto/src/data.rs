@@ -10,7 +10,10 @@ use crate::wire::{self, DATA_HEADER, TAG_LEN};
 /// Raw 32-byte tunnel keys, one per direction.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TunnelKeys {
+    /// Seals what this node sends into the tunnel (the peer's `recv`): the handshake's
+    /// initiator-to-responder key on the initiator, responder-to-initiator on the responder.
     pub send: [u8; 32],
+    /// Opens what the peer sends (the peer's `send`).
     pub recv: [u8; 32],
 }
 
@@ -20,12 +23,20 @@ impl std::fmt::Debug for TunnelKeys {
     }
 }
 
+/// Why a data packet could not be sealed or opened. On receive, the tunnel counts the packet
+/// in `rx_dropped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DataError {
+    /// The tag did not verify (wrong key, corrupted or forged packet, or shorter than the
+    /// 16-byte tag); also a sealing failure in the AEAD, which does not happen in practice.
     #[error("authentication failed")]
     Auth,
+    /// The counter was accepted already, or lies too far behind the newest one accepted
+    /// (outside the replay window, [`crate::replay::WINDOW`] = 1984 counters).
     #[error("replayed or too old counter {0}")]
     Replay(u64),
+    /// The send counter reached `u64::MAX`: no nonce is left under this key, and the tunnel
+    /// needs a new handshake.
     #[error("send counter exhausted")]
     CounterExhausted,
 }
@@ -44,6 +55,8 @@ pub struct Sealer {
 }
 
 impl Sealer {
+    /// A sealer under `key` (the tunnel's `send` key) whose packets carry `receiver`, the
+    /// peer's id for the tunnel (which the peer finds the tunnel by); the counter starts at 0.
     pub fn new(key: &[u8; 32], receiver: u32) -> Self {
         let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("32-byte key"));
         Self { key, receiver, counter: 0 }
@@ -68,6 +81,7 @@ impl Sealer {
         Ok(())
     }
 
+    /// The counter the next sealed packet will carry: the number of packets sealed so far.
     pub fn counter(&self) -> u64 {
         self.counter
     }
@@ -80,6 +94,7 @@ pub struct Opener {
 }
 
 impl Opener {
+    /// An opener under `key` (the tunnel's `recv` key) with an empty replay window.
     pub fn new(key: &[u8; 32]) -> Self {
         let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("32-byte key"));
         Self { key, window: ReplayWindow::new() }
@@ -108,7 +123,7 @@ mod tests {
 
     /// Golden vector shared with the kernel module's self-test: key 0x00..0x1f, receiver
     /// 0x01020304, counter 0 then 1, payload "NTM golden vector".
-    pub const GOLDEN_KEY: [u8; 32] = {
+    pub(crate) const GOLDEN_KEY: [u8; 32] = {
         let mut k = [0u8; 32];
         let mut i = 0;
         while i < 32 {

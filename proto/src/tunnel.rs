@@ -10,21 +10,40 @@ use crate::data::{DataError, Opener, Sealer};
 use crate::node::TunnelSpec;
 use crate::wire::{Packet, DATA_HEADER};
 
+/// A tunnel's traffic counters since it was installed (a replaced tunnel starts from zero).
+/// Bytes are those of the inner IP packets, without the 16-byte data header and the 16-byte tag;
+/// `ntm.ko` counts the same way, and `ntmctl show` and the metrics report these.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// IP packets sealed and sent to the peer (keepalives not counted).
     pub tx_packets: u64,
+    /// Bytes of the IP packets counted in `tx_packets`.
     pub tx_bytes: u64,
+    /// Data packets opened and accepted, keepalives (empty packets) included.
     pub rx_packets: u64,
+    /// Bytes of the inner IP packets counted in `rx_packets` (keepalives add 0).
     pub rx_bytes: u64,
+    /// Packets for this tunnel's receiver id that were dropped: failed authentication, replays,
+    /// an inner packet that is not IP or whose source is not the peer's VIP.
     pub rx_dropped: u64,
 }
 
+/// One tunnel of the table: a peer, its keys' state and where to reach it.
 pub struct Tunnel {
+    /// The peer's FQDN; the table holds at most one tunnel per FQDN.
     pub fqdn: String,
+    /// The peer's VIPs (IPv4 first, then IPv6): packets to them go into this tunnel, and inner
+    /// packets received must come from one of them.
     pub vips: Vec<IpAddr>,
+    /// The peer's UDP address, where the tunnel's data packets go; follows the source of the
+    /// last authenticated packet received.
     pub endpoint: SocketAddr,
+    /// This node's receiver id for the tunnel: the peer puts it in every data packet it sends,
+    /// and the table finds the tunnel by it.
     pub local_id: u32,
+    /// The peer's receiver id, put in every data packet sent to it.
     pub remote_id: u32,
+    /// Traffic counters since the tunnel was installed.
     pub counters: Counters,
     /// The last time the tunnel carried data either way.
     pub last_data: Instant,
@@ -36,32 +55,49 @@ pub struct Tunnel {
 /// reports too.
 pub use crate::netlink::DestroyReason as Reason;
 
+/// A tunnel the table removed, as the data plane reports it to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destroyed {
+    /// The tunnel's local receiver id.
     pub local_id: u32,
+    /// The peer's FQDN.
     pub fqdn: String,
+    /// The peer's first VIP (IPv4 if it has one), for events and logs.
     pub vip: Option<IpAddr>,
+    /// Why it went: `Idle` from the sweep, `Deleted` when removed or replaced.
     pub reason: Reason,
 }
 
+/// Why a packet from the virtual device was not sent into a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EncapError {
+    /// Neither a whole IPv4 header (20 bytes) nor a whole IPv6 header (40 bytes).
     #[error("not an IP packet")]
     NotIp,
+    /// No tunnel to this destination VIP: the data plane reports a miss, so that the daemon
+    /// builds one.
     #[error("no tunnel for {0}")]
     Miss(IpAddr),
+    /// Sealing failed (in practice: the tunnel's send counter is exhausted).
     #[error(transparent)]
     Data(#[from] DataError),
 }
 
+/// Why a data packet from the network was dropped. `Malformed` outer packets and
+/// `UnknownReceiver` count in the table's `orphan_drops`, the others in the tunnel's
+/// `rx_dropped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecapError {
+    /// Not a well-formed data packet, or (once opened) an inner packet that is not IP.
     #[error("malformed data packet")]
     Malformed,
+    /// No tunnel has this local receiver id (expired, removed, or never ours).
     #[error("unknown receiver id {0:#010x}")]
     UnknownReceiver(u32),
+    /// Authentication failed or the counter was replayed.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// The inner packet's source address is not one of the peer's VIPs.
     #[error("inner packet from {0}, not the peer's VIP")]
     Spoofed(IpAddr),
 }
@@ -71,12 +107,16 @@ pub enum DecapError {
 pub struct Decap {
     /// Where the inner packet lies in the caller's buffer (empty: a keepalive).
     pub start: usize,
+    /// Length of the inner packet in bytes (0 for a keepalive).
     pub len: usize,
+    /// The local receiver id of the tunnel it came through.
     pub local_id: u32,
     /// The peer sent from a new address: the tunnel now follows it.
     pub roamed: Option<SocketAddr>,
 }
 
+/// The tunnels of the userspace data plane, by local receiver id and by peer VIP. A tunnel that
+/// carries no data either way for `idle_timeout` is removed by [`TunnelTable::sweep`].
 pub struct TunnelTable {
     idle_timeout: Duration,
     by_id: HashMap<u32, Tunnel>,
@@ -103,10 +143,12 @@ pub fn ip_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
 }
 
 impl TunnelTable {
+    /// An empty table whose tunnels expire after `idle_timeout` without data.
     pub fn new(idle_timeout: Duration) -> Self {
         Self { idle_timeout, by_id: HashMap::new(), by_vip: HashMap::new(), orphan_drops: 0 }
     }
 
+    /// How long a tunnel may carry no data before the sweep removes it.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
@@ -136,6 +178,8 @@ impl TunnelTable {
         replaced
     }
 
+    /// Removes the tunnel with this local receiver id, if any, and its VIPs' entries (unless
+    /// another tunnel took a VIP over since); returns it as destroyed for `reason`.
     pub fn remove(&mut self, local_id: u32, reason: Reason) -> Option<Destroyed> {
         let t = self.by_id.remove(&local_id)?;
         for v in &t.vips {
@@ -146,18 +190,22 @@ impl TunnelTable {
         Some(Destroyed { local_id, fqdn: t.fqdn, vip: t.vips.first().copied(), reason })
     }
 
+    /// The tunnel with this local receiver id.
     pub fn get(&self, local_id: u32) -> Option<&Tunnel> {
         self.by_id.get(&local_id)
     }
 
+    /// Every tunnel, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Tunnel> {
         self.by_id.values()
     }
 
+    /// The number of tunnels.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
+    /// Whether the table holds no tunnel.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
