@@ -28,7 +28,10 @@ pub struct ControlHandle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
+    /// `{"cmd":"show"}`: one [`Status`] line, then the server closes the connection.
     Show,
+    /// `{"cmd":"monitor"}`: one [`Event`] per line (or a [`Lost`] line) for as long as the
+    /// client stays connected.
     Monitor,
 }
 
@@ -37,6 +40,7 @@ pub enum Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lost {
+    /// How many events this client missed.
     pub lost: u64,
 }
 
@@ -44,13 +48,16 @@ pub struct Lost {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorLine {
+    /// What went wrong, in words: a bad request, or a daemon that did not answer in time.
     pub error: String,
 }
 
 /// One line of the monitor stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MonitorItem {
+    /// An event from the daemon.
     Event(Event),
+    /// The client fell behind and this many events were skipped.
     Lost(u64),
 }
 
@@ -59,10 +66,18 @@ const MAX_REQUEST: u64 = 4096;
 /// How long a client may take to send its request, and the daemon to produce a status.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why the server could not bind or serve its socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// A filesystem or socket call on the control socket failed.
     #[error("control socket {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The control socket's path.
+        path: PathBuf,
+        /// What the call returned.
+        source: io::Error,
+    },
+    /// A live daemon already answers on this path (it accepted a connection).
     #[error("control socket {0}: another ntmd is listening there")]
     InUse(PathBuf),
 }
@@ -99,6 +114,7 @@ impl ControlServer {
         Ok(ControlServer { listener, path })
     }
 
+    /// The path the socket is bound at.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -174,16 +190,29 @@ async fn write_line(write: &mut OwnedWriteHalf, value: &impl Serialize) -> io::R
     write.write_all(&line).await
 }
 
+/// Why `ntmctl` got no usable answer from the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The socket could not be connected to (no daemon, wrong path, no permission: it is
+    /// mode 0600).
     #[error("cannot reach ntmd at {path}: {source}")]
-    Connect { path: PathBuf, source: io::Error },
+    Connect {
+        /// The control socket's path.
+        path: PathBuf,
+        /// What `connect` returned.
+        source: io::Error,
+    },
+    /// Writing the request or reading an answer failed.
     #[error("control socket: {0}")]
     Io(#[from] io::Error),
+    /// The daemon answered with an error line; this is its text.
     #[error("ntmd: {0}")]
     Daemon(String),
+    /// The daemon closed the connection before answering `show`.
     #[error("ntmd closed the connection without an answer")]
     NoAnswer,
+    /// An answer line that does not parse (a daemon of another version?): the JSON error and
+    /// the line.
     #[error("unexpected answer from ntmd ({0}): {1}")]
     Decode(serde_json::Error, String),
 }

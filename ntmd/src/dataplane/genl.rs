@@ -11,7 +11,11 @@ pub use proto::netlink::{NtmAttr, TunnelAttr};
 /// A message of the family: its command and its attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NtmMsg {
+    /// The generic netlink command: one of `proto::netlink::cmd` (requests, and the
+    /// `*_NTF` notifications of the `events` group).
     pub cmd: u8,
+    /// The top-level attributes, in order; a tunnel's own attributes are nested in
+    /// [`NtmAttr::Tunnel`].
     pub attrs: Vec<NtmAttr>,
 }
 
@@ -44,6 +48,7 @@ impl ParseableParametrized<[u8], GenlHeader> for NtmMsg {
 }
 
 impl NtmMsg {
+    /// A message with command `cmd` carrying `attrs`.
     pub fn new(cmd: u8, attrs: Vec<NtmAttr>) -> Self {
         Self { cmd, attrs }
     }

@@ -33,6 +33,8 @@ pub fn available() -> bool {
 /// What this backend installed: local id → (label, first VIP).
 type Installed = Arc<Mutex<HashMap<u32, (String, Option<IpAddr>)>>>;
 
+/// The kernel backend: the `ntm` device it created (deleted again when dropped, with its
+/// tunnels) and its two request sockets.
 pub struct Kernel {
     link: Link,
     /// Requests that change the device (tunnel-new, -del, -set, keepalives): quick, on the
@@ -94,6 +96,7 @@ impl Kernel {
         Ok(Kernel { link, nl: Mutex::new(nl), reads: Mutex::new(reads), installed })
     }
 
+    /// The `ntm` device: its name and interface index, for addresses and routes.
     pub fn link(&self) -> &Link {
         &self.link
     }

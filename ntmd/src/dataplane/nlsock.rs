@@ -24,18 +24,31 @@ const DONE_EXTACK_OFFSET: usize = 16 + 4;
 const REPLY_TIMEOUT_S: i64 = 10;
 const NLMSGERR_ATTR_MSG: u16 = 1;
 
+/// Why a netlink exchange with the `ntm` family failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NlError {
+    /// The kernel knows no `ntm` family: the module is not loaded.
     #[error("the ntm generic netlink family is not registered (is ntm.ko loaded?)")]
     FamilyMissing,
+    /// A socket call failed.
     #[error("netlink: {0}")]
     Io(#[from] io::Error),
+    /// The kernel answered a request with an error.
     #[error("the module refused: {msg} (errno {code})")]
-    Kernel { code: i32, msg: String },
+    Kernel {
+        /// The errno, positive (`ENOENT` for a tunnel or device that is not there).
+        code: i32,
+        /// The module's extended ack message, or else the errno's text.
+        msg: String,
+    },
+    /// A reply that does not parse.
     #[error("malformed netlink message: {0}")]
     Decode(String),
+    /// The event socket's buffer overran (or an event did not parse): notifications were
+    /// lost, and the tunnel table must be dumped again.
     #[error("events were lost (socket overrun)")]
     Overrun,
+    /// No reply within `REPLY_TIMEOUT_S` (10 s).
     #[error("the module did not answer within {REPLY_TIMEOUT_S} s")]
     Timeout,
 }
@@ -92,6 +105,8 @@ fn messages(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// A blocking request socket for the `ntm` family, with the family's id and `events` group
+/// resolved. Each request waits at most `REPLY_TIMEOUT_S` (10 s) for each of its replies.
 pub struct GenlSocket {
     sock: Socket,
     family: u16,
@@ -151,10 +166,13 @@ impl GenlSocket {
         Ok(s)
     }
 
+    /// The family's id, which the kernel assigned when the module registered it.
     pub fn family(&self) -> u16 {
         self.family
     }
 
+    /// The id of the family's `events` multicast group, which [`EventSocket::open`] joins
+    /// (none if the module did not announce one).
     pub fn events_group(&self) -> Option<u32> {
         self.events_group
     }
@@ -230,6 +248,9 @@ pub struct EventSocket {
 }
 
 impl EventSocket {
+    /// A non-blocking socket subscribed to multicast `group` (from
+    /// [`GenlSocket::events_group`]), asking for a 1 MiB receive buffer to ride out bursts of
+    /// events.
     pub fn open(group: u32) -> Result<EventSocket, NlError> {
         let sock = open_socket()?;
         sock.add_membership(group)?;

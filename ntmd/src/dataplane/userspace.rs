@@ -69,6 +69,8 @@ struct Shared {
     rearm: Notify,
 }
 
+/// The userspace backend: the tunnel table shared with its tasks (the TUN reader, one UDP
+/// reader per address family, the idle sweeper), and the node's UDP sockets to send from.
 pub struct Userspace {
     shared: Arc<Shared>,
     sockets: Arc<Sockets>,
