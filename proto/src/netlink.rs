@@ -243,7 +243,13 @@ mod tests {
     #[test]
     fn generated_files_match_the_spec() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = Command::new("python3")
+        // The first python3 that has PyYAML: the one on PATH, or the distribution's (where
+        // scripts/deps installs python3-yaml) when PATH leads to another.
+        let python = ["python3", "/usr/bin/python3"]
+            .into_iter()
+            .find(|p| Command::new(p).args(["-c", "import yaml"]).output().is_ok_and(|o| o.status.success()))
+            .unwrap_or("python3");
+        let out = Command::new(python)
             .arg(root.join("scripts/gen-netlink"))
             .arg("--check")
             .output()
