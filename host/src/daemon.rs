@@ -60,7 +60,7 @@ pub enum LogFormat {
 
 #[derive(Debug, clap::Parser)]
 struct Args {
-    /// The TOML configuration file [default: /etc/ntm/<daemon>.toml].
+    /// The TOML configuration file (default: /etc/ntm/<daemon>.toml).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Only validate the configuration (and the files it names), then exit.
@@ -84,7 +84,12 @@ pub fn init_logging(format: LogFormat) {
 
 /// The `main` of daemon `D`.
 pub fn main<D: Daemon>() -> ExitCode {
-    let command = Args::command().name(D::NAME).bin_name(D::NAME).about(D::ABOUT).version(env!("CARGO_PKG_VERSION"));
+    let command = Args::command()
+        .name(D::NAME)
+        .bin_name(D::NAME)
+        .about(D::ABOUT)
+        .version(env!("CARGO_PKG_VERSION"))
+        .mut_arg("config", |a| a.help(format!("The TOML configuration file [default: /etc/ntm/{}.toml]", D::NAME)));
     let args = match Args::from_arg_matches(&command.get_matches()) {
         Ok(a) => a,
         Err(e) => e.exit(),
