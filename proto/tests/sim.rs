@@ -1,16 +1,17 @@
-//! Two DCs and three nodes (one behind a NAT) driven through a simulated network with loss,
-//! reordering and a fake clock: registration, cross-zone and same-zone directions, tunnels that
-//! carry data both ways, idle expiry and rebuild, refusals.
+//! Two DCs and three nodes (one behind a NAT) driven through `proto::sim`'s simulated network with
+//! loss, reordering and a fake clock: registration, cross-zone and same-zone directions, tunnels
+//! that carry data both ways, idle expiry and rebuild, refusals.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use proto::dc::{DcCommand, DcConfig, DcCore};
-use proto::exchange::Now;
+use proto::dc::{DcConfig, DcCore};
+use proto::exchange::{Now, Transmit};
 use proto::keys::{PublicKey, SecretKey};
 use proto::node::{NodeConfig, NodeCore, NodeEvent, PeerState};
 use proto::registry::{MemRegistry, Pools, Registry};
+use proto::sim::{Endpoint, Nat, NatKind, Net, SimDc};
 use proto::tunnel::TunnelTable;
 use proto::wire;
 
@@ -18,20 +19,7 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// A deterministic xorshift generator for loss and delay.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
+/// A node: its core, its tunnel table (the data plane), what reached its virtual device.
 struct Node {
     core: NodeCore,
     table: TunnelTable,
@@ -39,168 +27,91 @@ struct Node {
     /// Inner packets delivered to this node's virtual device.
     delivered: Vec<Vec<u8>>,
     events: Vec<NodeEvent>,
+    /// Data packets to send (the device's traffic), after the core's datagrams.
+    outbox: Vec<Transmit>,
+    /// Every datagram the node sent, when tracing.
+    trace: Option<Vec<Transmit>>,
 }
 
-/// An address-restricted NAT: one mapping for the inside host, inbound packets only from
-/// addresses the inside host has sent to.
-struct Nat {
-    inside: SocketAddr,
-    outside: SocketAddr,
-    allowed: Vec<IpAddr>,
+impl Node {
+    /// What the daemon does with the core's events: the data plane follows the tunnels.
+    fn events(&mut self, now: Now) {
+        while let Some(ev) = self.core.poll_event() {
+            match &ev {
+                NodeEvent::TunnelUp(spec) => {
+                    self.table.insert(spec, now.mono);
+                }
+                NodeEvent::TunnelDown { local_id, .. } => {
+                    self.table.remove(*local_id, proto::tunnel::Reason::Deleted);
+                }
+                _ => {}
+            }
+            self.events.push(ev);
+        }
+    }
+}
+
+impl Endpoint for Node {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn datagram(&mut self, from: SocketAddr, payload: &[u8], now: Now) {
+        if wire::packet_type(payload) == Some(wire::TYPE_DATA) {
+            let mut buf = payload.to_vec();
+            if let Ok(d) = self.table.decapsulate(from, &mut buf, now.mono) {
+                if d.len > 0 {
+                    self.delivered.push(buf[d.start..d.start + d.len].to_vec());
+                }
+            }
+        } else {
+            self.core.handle_datagram(from, payload, now);
+        }
+        self.events(now);
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.core.poll_transmit().or_else(|| self.outbox.pop())?;
+        if let Some(trace) = &mut self.trace {
+            trace.push(t.clone());
+        }
+        Some(t)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        [self.core.poll_timeout(), self.table.next_expiry()].into_iter().flatten().min()
+    }
+    fn timeout(&mut self, now: Now) {
+        if self.core.poll_timeout().is_some_and(|t| t <= now.mono) {
+            self.core.handle_timeout(now);
+        }
+        if self.table.next_expiry().is_some_and(|t| t <= now.mono) {
+            for gone in self.table.sweep(now.mono) {
+                self.core.tunnel_destroyed(gone.local_id);
+            }
+        }
+        self.events(now);
+    }
 }
 
 struct Sim {
-    t0: Instant,
-    now: Duration,
-    rng: Rng,
-    loss: u64,
-    queue: Vec<(Duration, u64, SocketAddr, SocketAddr, Vec<u8>)>,
-    seq: u64,
-    dcs: HashMap<SocketAddr, DcCore<MemRegistry>>,
-    zones: HashMap<String, SocketAddr>,
+    net: Net,
+    dcs: HashMap<SocketAddr, SimDc>,
     nodes: HashMap<String, Node>,
-    nat: Nat,
-    dropped_by_nat: u64,
     dc_keys: HashMap<String, PublicKey>,
-    trace: bool,
-    sent: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
 }
 
 impl Sim {
     fn now(&self) -> Now {
-        Now { mono: self.t0 + self.now, unix_us: 1_800_000_000_000_000 + self.now.as_micros() as u64 }
-    }
-
-    fn send(&mut self, src: SocketAddr, dst: SocketAddr, payload: Vec<u8>) {
-        if self.trace {
-            self.sent.push((src, dst, payload.clone()));
-        }
-        if self.rng.chance(self.loss) {
-            return;
-        }
-        let (mut src, mut dst) = (src, dst);
-        if src == self.nat.inside {
-            self.nat.allowed.push(dst.ip());
-            src = self.nat.outside;
-        }
-        if dst == self.nat.outside {
-            if !self.nat.allowed.contains(&src.ip()) {
-                self.dropped_by_nat += 1;
-                return;
-            }
-            dst = self.nat.inside;
-        }
-        // 1-20 ms of delay: packets overtake each other.
-        let delay = Duration::from_millis(1 + self.rng.next() % 20);
-        self.seq += 1;
-        self.queue.push((self.now + delay, self.seq, src, dst, payload));
-    }
-
-    fn flush(&mut self) {
-        let now = self.now();
-        let mut out = Vec::new();
-        let mut locates = Vec::new();
-        for (addr, dc) in self.dcs.iter_mut() {
-            while let Some(t) = dc.poll_transmit() {
-                out.push((*addr, t.dst, t.payload));
-            }
-            while let Some(DcCommand::Locate { id, target }) = dc.poll_command() {
-                locates.push((*addr, id, target));
-            }
-        }
-        for (addr, id, target) in locates {
-            let found = self.zones.iter().find(|(z, _)| target.ends_with(&format!(".{z}")));
-            let r = found.map(|(z, a)| (z.clone(), vec![*a])).ok_or_else(|| "not an NTM name".to_string());
-            self.dcs.get_mut(&addr).unwrap().dc_located(id, r, now);
-        }
-        for n in self.nodes.values_mut() {
-            while let Some(t) = n.core.poll_transmit() {
-                out.push((n.addr, t.dst, t.payload));
-            }
-            while let Some(ev) = n.core.poll_event() {
-                match &ev {
-                    NodeEvent::TunnelUp(spec) => {
-                        n.table.insert(spec, now.mono);
-                    }
-                    NodeEvent::TunnelDown { local_id, .. } => {
-                        n.table.remove(*local_id, proto::tunnel::Reason::Deleted);
-                    }
-                    _ => {}
-                }
-                n.events.push(ev);
-            }
-        }
-        let again = !out.is_empty();
-        for (s, d, p) in out {
-            self.send(s, d, p);
-        }
-        if again {
-            self.flush();
-        }
-    }
-
-    fn deliver(&mut self, src: SocketAddr, dst: SocketAddr, mut payload: Vec<u8>) {
-        let now = self.now();
-        if let Some(dc) = self.dcs.get_mut(&dst) {
-            dc.handle_datagram(src, &payload, now);
-            return;
-        }
-        let Some(n) = self.nodes.values_mut().find(|n| n.addr == dst) else { return };
-        if wire::packet_type(&payload) == Some(wire::TYPE_DATA) {
-            if let Ok(d) = n.table.decapsulate(src, &mut payload, now.mono) {
-                if d.len > 0 {
-                    n.delivered.push(payload[d.start..d.start + d.len].to_vec());
-                }
-            }
-        } else {
-            n.core.handle_datagram(src, &payload, now);
-        }
+        self.net.now()
     }
 
     /// Runs the world for `d` of simulated time.
     fn run(&mut self, d: Duration) {
-        let end = self.now + d;
-        loop {
-            self.flush();
-            let now = self.now();
-            for dc in self.dcs.values_mut() {
-                if dc.poll_timeout().is_some_and(|t| t <= now.mono) {
-                    dc.handle_timeout(now);
-                }
-            }
-            for n in self.nodes.values_mut() {
-                if n.core.poll_timeout().is_some_and(|t| t <= now.mono) {
-                    n.core.handle_timeout(now);
-                }
-                if n.table.next_expiry().is_some_and(|t| t <= now.mono) {
-                    for gone in n.table.sweep(now.mono) {
-                        n.core.tunnel_destroyed(gone.local_id);
-                    }
-                }
-            }
-            self.flush();
-            self.queue.sort_by_key(|(t, seq, ..)| (*t, *seq));
-            if let Some(pos) = self.queue.iter().position(|(t, ..)| *t <= self.now) {
-                let (_, _, s, d, p) = self.queue.remove(pos);
-                self.deliver(s, d, p);
-                continue;
-            }
-            let mut next = self.queue.first().map(|q| q.0);
-            let deadlines = self
-                .dcs
-                .values()
-                .filter_map(|d| d.poll_timeout())
-                .chain(self.nodes.values().filter_map(|n| n.core.poll_timeout()))
-                .chain(self.nodes.values().filter_map(|n| n.table.next_expiry()))
-                .map(|t| t.saturating_duration_since(self.t0));
-            for t in deadlines {
-                next = Some(next.map_or(t, |n: Duration| n.min(t)));
-            }
-            if self.now >= end {
-                break;
-            }
-            self.now = next.unwrap_or(end).max(self.now + Duration::from_millis(1)).min(end);
-        }
+        let mut eps: Vec<&mut dyn Endpoint> = self
+            .dcs
+            .values_mut()
+            .map(|d| d as &mut dyn Endpoint)
+            .chain(self.nodes.values_mut().map(|n| n as &mut dyn Endpoint))
+            .collect();
+        self.net.run_until(&mut eps, d, |_| false);
     }
 
     fn node(&mut self, fqdn: &str) -> &mut Node {
@@ -209,7 +120,10 @@ impl Sim {
 
     fn request(&mut self, from: &str, to: &str) -> PeerState {
         let now = self.now();
-        self.node(from).core.request(to, now)
+        let n = self.node(from);
+        let state = n.core.request(to, now);
+        n.events(now);
+        state
     }
 
     fn state(&self, from: &str, to: &str) -> PeerState {
@@ -225,22 +139,17 @@ impl Sim {
         pkt[0] = 0x45;
         pkt[12..16].copy_from_slice(&src.octets());
         pkt[16..20].copy_from_slice(&dst.octets());
-        pkt[20..28].copy_from_slice(&self.now.as_nanos().to_le_bytes()[..8]);
-        let n = self.node(from);
-        let mut out = Vec::new();
-        let Ok(ep) = n.table.encapsulate(&pkt, &mut out, now.mono) else { return false };
-        let addr = n.addr;
+        pkt[20..28].copy_from_slice(&self.net.elapsed().as_nanos().to_le_bytes()[..8]);
         let before = self.nodes[to].delivered.len();
         // Data is not retransmitted: try a few times like an application would.
         for _ in 0..5 {
-            self.send(addr, ep, out.clone());
+            let n = self.node(from);
+            let mut out = Vec::new();
+            let Ok(ep) = n.table.encapsulate(&pkt, &mut out, now.mono) else { return false };
+            n.outbox.push(Transmit { dst: ep, payload: out });
             self.run(Duration::from_millis(50));
             if self.nodes[to].delivered.len() > before {
                 return self.nodes[to].delivered.last().unwrap() == &pkt;
-            }
-            let n = self.node(from);
-            if n.table.encapsulate(&pkt, &mut out, now.mono).is_err() {
-                return false;
             }
         }
         false
@@ -277,6 +186,8 @@ fn world(loss: u64) -> Sim {
         addr: sa(addr),
         delivered: vec![],
         events: vec![],
+        outbox: vec![],
+        trace: None,
     };
     let nodes = [
         ("n1.a.test", mk_node("n1.a.test", "10.1.0.1:7600", &dca, "10.0.1.1:7500")),
@@ -286,21 +197,29 @@ fn world(loss: u64) -> Sim {
     .into_iter()
     .map(|(f, n)| (f.to_string(), n))
     .collect();
+    let zones: HashMap<String, SocketAddr> =
+        [("a.test".to_string(), sa("10.0.1.1:7500")), ("b.test".to_string(), sa("10.0.2.1:7500"))].into();
+    let dcs = dcs
+        .into_iter()
+        .map(|(addr, core)| {
+            let mut dc = SimDc::new(core, addr);
+            dc.zones = zones.clone();
+            (addr, dc)
+        })
+        .collect();
+    // n2 sits behind a home router that forgets a mapping after 30 s of silence.
+    let mut net = Net::new(0x9e37_79b9_7f4a_7c15, loss);
+    net.add_nat(Nat {
+        inside: "192.168.0.2".parse().unwrap(),
+        outside: "10.9.0.1".parse().unwrap(),
+        kind: NatKind::Restricted,
+        udp_timeout: Duration::from_secs(30),
+    });
     let mut sim = Sim {
-        t0: Instant::now(),
-        now: Duration::ZERO,
-        rng: Rng(0x9e37_79b9_7f4a_7c15),
-        loss,
-        queue: vec![],
-        seq: 0,
+        net,
         dcs,
-        zones: [("a.test".to_string(), sa("10.0.1.1:7500")), ("b.test".to_string(), sa("10.0.2.1:7500"))].into(),
         nodes,
-        nat: Nat { inside: sa("192.168.0.2:7600"), outside: sa("10.9.0.1:40000"), allowed: vec![] },
-        dropped_by_nat: 0,
         dc_keys: [("a.test".to_string(), dca.public()), ("b.test".to_string(), dcb.public())].into(),
-        trace: false,
-        sent: vec![],
     };
     let now = sim.now();
     for n in sim.nodes.values_mut() {
@@ -321,7 +240,7 @@ fn registration_directions_tunnels_expiry_with_loss() {
     assert!(registered(&sim), "every node registers despite 10% loss");
     let n2 = sim.nodes["n2.b.test"].core.registration().unwrap().clone();
     assert!(n2.nat, "the DC sees n2 behind its NAT");
-    assert_eq!(n2.observed, sa("10.9.0.1:40000"));
+    assert_eq!(n2.observed, sa("10.9.0.1:7600"), "the router kept the port");
     let vips: Vec<_> = sim.nodes.values().map(|n| n.core.registration().unwrap().vip4).collect();
     assert!(vips[0] != vips[1] && vips[1] != vips[2] && vips[0] != vips[2]);
 
@@ -339,7 +258,7 @@ fn registration_directions_tunnels_expiry_with_loss() {
     assert_eq!(sim.state("n2.b.test", "n1.a.test"), PeerState::Built);
     assert_eq!(sim.nodes["n1.a.test"].table.len(), 1, "one tunnel per peer");
     let ep = sim.nodes["n1.a.test"].table.iter().next().unwrap().endpoint;
-    assert_eq!(ep, sa("10.9.0.1:40000"), "n1 reaches n2 at its NAT's mapping");
+    assert_eq!(ep, sa("10.9.0.1:7600"), "n1 reaches n2 at its NAT's mapping");
     assert!(sim.ping("n1.a.test", "n2.b.test"));
     assert!(sim.ping("n2.b.test", "n1.a.test"));
 
@@ -396,24 +315,26 @@ fn a_node_with_the_wrong_key_is_refused() {
     sim.run(Duration::from_secs(5));
     assert!(sim.nodes["n3.b.test"].core.registration().is_none());
     assert!(sim.nodes["n2.b.test"].core.registration().is_some());
-    assert!(sim.dcs[&sa("10.0.2.1:7500")].registry().get("n3.b.test").unwrap().is_none());
+    assert!(sim.dcs[&sa("10.0.2.1:7500")].core.registry().get("n3.b.test").unwrap().is_none());
 }
 
 #[test]
 fn replayed_requests_get_no_answer() {
     let mut sim = world(0);
-    sim.trace = true;
+    sim.node("n3.b.test").trace = Some(Vec::new());
     sim.run(Duration::from_secs(2));
     assert!(registered(&sim));
     let dc = sa("10.0.2.1:7500");
-    let (src, payload) = sim
-        .sent
+    let src = sim.nodes["n3.b.test"].addr;
+    let payload = sim.nodes["n3.b.test"]
+        .trace
         .iter()
-        .find(|(_, d, p)| *d == dc && wire::packet_type(p) == Some(wire::TYPE_INIT))
-        .map(|(s, _, p)| (*s, p.clone()))
+        .flatten()
+        .find(|t| t.dst == dc && wire::packet_type(&t.payload) == Some(wire::TYPE_INIT))
+        .map(|t| t.payload.clone())
         .expect("a registration was sent");
     let now = sim.now();
-    let core = sim.dcs.get_mut(&dc).unwrap();
+    let core = &mut sim.dcs.get_mut(&dc).unwrap().core;
     core.handle_datagram(src, &payload, now);
     assert!(core.poll_transmit().is_none(), "a replayed registration is dropped");
     assert_eq!(core.drops().replayed, 1);
