@@ -50,6 +50,20 @@ pub struct Config {
     pub nps: Vec<NpsConfig>,
     /// Other zones' DCs that may ask this one for directions (`[[peers]]`).
     pub peers: Vec<PeerConfig>,
+    /// The relays this DC opens sessions on (`[[relays]]`), for nodes that cannot reach each
+    /// other directly.
+    pub relays: Vec<RelayConfig>,
+}
+
+/// A relay server this DC may allocate sessions on.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// Its addresses with their port (default 7700), at most one per family.
+    pub addresses: Vec<SocketAddr>,
+    /// Its static X25519 key.
+    pub public_key: PublicKey,
 }
 
 /// The VIP pools (`[pools]`): at least one is set; neither has host bits set and each has room
@@ -113,6 +127,16 @@ struct RawConfig {
     nps: Vec<RawNps>,
     #[serde(default)]
     peers: Vec<RawPeer>,
+    #[serde(default)]
+    relays: Vec<RawRelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    name: Spanned<String>,
+    addresses: Spanned<Vec<String>>,
+    public_key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +279,31 @@ impl Load for Config {
             peers.push(PeerConfig { zone: pzone, public_key });
         }
 
+        let mut relays: Vec<RelayConfig> = Vec::with_capacity(raw.relays.len());
+        for (i, r) in raw.relays.into_iter().enumerate() {
+            let key = |field: &str| format!("relays[{i}].{field}");
+            if r.name.get_ref().is_empty() || relays.iter().any(|o| o.name == *r.name.get_ref()) {
+                return Err(src.bad(&key("name"), &r.name, "must be non-empty and unique"));
+            }
+            let public_key = src.public_key(&key("public_key"), &r.public_key)?;
+            let mut addresses = Vec::new();
+            for a in r.addresses.get_ref() {
+                let sa = host::config::socket_addr(a, 7700).map_err(|e| src.bad(&key("addresses"), &r.addresses, e))?;
+                if sa.ip().is_unspecified() || addresses.iter().any(|o: &SocketAddr| o.is_ipv4() == sa.is_ipv4()) {
+                    return Err(src.bad(
+                        &key("addresses"),
+                        &r.addresses,
+                        format!("{a}: one usable address per family"),
+                    ));
+                }
+                addresses.push(sa);
+            }
+            if addresses.is_empty() {
+                return Err(src.bad(&key("addresses"), &r.addresses, "needs at least one address"));
+            }
+            relays.push(RelayConfig { name: r.name.into_inner(), addresses, public_key });
+        }
+
         Ok(Config {
             zone,
             name,
@@ -270,6 +319,7 @@ impl Load for Config {
             nodes,
             nps,
             peers,
+            relays,
         })
     }
 }

@@ -50,6 +50,21 @@ fn metrics(core: &DcCore<SqliteRegistry>, authority: &Authority) -> String {
         [("ok", c.directions_ok), ("failed", c.directions_failed)],
     );
     p.counter("ntm_dc_directions_remote_total", "Directions that asked another zone's DC.", c.directions_remote);
+    p.counter("ntm_dc_directions_relayed_total", "Directions answered with a relayed path.", c.directions_relayed);
+    p.counter("ntm_dc_one_to_one_nat_total", "Nodes found behind a 1:1 NAT by a probe.", c.one_to_one);
+    let relays = core.relays();
+    p.gauges(
+        "ntm_dc_relay_up",
+        "1 while the relay answers.",
+        "relay",
+        relays.iter().map(|r| (r.name.clone(), r.up as i64)),
+    );
+    p.gauges(
+        "ntm_dc_relay_sessions",
+        "Sessions on the relay (its last answer, plus those allocated here since).",
+        "relay",
+        relays.iter().map(|r| (r.name.clone(), r.load as i64)),
+    );
     let d = core.drops();
     p.counters("ntm_dc_signaling_dropped_total", "Signaling datagrams dropped, by cause.", "cause", d.by_cause());
     let s = authority.stats();
@@ -73,6 +88,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         keepalive: cfg.keepalive(),
         enrolled: cfg.nodes.iter().map(|n| (n.fqdn.clone(), n.public_key)).collect(),
         peers: cfg.peers.iter().map(|p| (p.zone.clone(), p.public_key)).collect(),
+        relays: cfg
+            .relays
+            .iter()
+            .map(|r| proto::dc::RelayConfig { name: r.name.clone(), addrs: r.addresses.clone(), key: r.public_key })
+            .collect(),
     };
     let core = DcCore::new(core_cfg, registry);
 
@@ -97,32 +117,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (tx, rx) = mpsc::channel::<Input>(1024);
     let mut sockets: Vec<Arc<UdpSocket>> = Vec::new();
+    let mut probe_sockets: Vec<Arc<UdpSocket>> = Vec::new();
     for addr in &cfg.listen {
         let s = Arc::new(UdpSocket::bind(addr).await.with_context(|| format!("signaling on {addr}/udp"))?);
         info!(%addr, "signaling listening");
-        let (s2, tx2) = (s.clone(), tx.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            loop {
-                match s2.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
-                        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                        if tx2.send(Input::Datagram { from, payload: buf[..n].to_vec() }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        debug!("signaling receive: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
+        spawn_receiver(s.clone(), tx.clone());
         sockets.push(s);
+        // A second socket, on another port: probes of nodes' NATs leave from it (a NAT that
+        // filters lets in only what comes from where the node sent to), and their answers come
+        // back to it.
+        let probe_addr = SocketAddr::new(addr.ip(), 0);
+        let p = Arc::new(UdpSocket::bind(probe_addr).await.with_context(|| format!("probes on {probe_addr}/udp"))?);
+        spawn_receiver(p.clone(), tx.clone());
+        probe_sockets.push(p);
     }
     // Replies and route directions leave from the socket of the destination's family.
-    let send_sock: HashMap<bool, Arc<UdpSocket>> =
-        sockets.iter().filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv4(), s.clone()))).collect();
+    let by_family = |v: &[Arc<UdpSocket>]| -> HashMap<bool, Arc<UdpSocket>> {
+        v.iter().filter_map(|s| s.local_addr().ok().map(|a| (a.is_ipv4(), s.clone()))).collect()
+    };
+    let send_sock = by_family(&sockets);
+    let probe_sock = by_family(&probe_sockets);
     if let Some(addr) = cfg.metrics_listen {
         let server = metrics::Server::bind(addr).await?;
         let tx = tx.clone();
@@ -142,6 +156,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         authority,
         resolver: Client::new(vec![cfg.resolver]).with_timeout(LOCATE_TIMEOUT),
         send_sock,
+        probe_sock,
         inputs: tx,
         located: HashMap::new(),
         reported: DropReport::default(),
@@ -157,6 +172,8 @@ struct Dc {
     /// Finds other zones' DCs.
     resolver: Client,
     send_sock: HashMap<bool, Arc<UdpSocket>>,
+    /// The second socket of each family, for probes of nodes' NATs.
+    probe_sock: HashMap<bool, Arc<UdpSocket>>,
     /// For the answers of lookups started here.
     inputs: mpsc::Sender<Input>,
     /// Other zones' DCs found lately, by domain.
@@ -224,10 +241,38 @@ impl Core for Dc {
                 None => warn!(dst = %t.dst, "no signaling socket of that address family"),
             }
         }
+        while let Some(t) = self.core.poll_probe_transmit() {
+            if let Some(s) = self.probe_sock.get(&t.dst.is_ipv4()) {
+                if let Err(e) = s.send_to(&t.payload, t.dst).await {
+                    debug!(dst = %t.dst, "probe send failed: {e}");
+                }
+            }
+        }
     }
 
     fn summary(&mut self) {
         let dns = self.authority.stats().malformed.load(std::sync::atomic::Ordering::Relaxed);
         self.reported.report(self.core.drops(), &[("malformed DNS", dns)]);
     }
+}
+
+/// Feeds the datagrams received on `s` to the core.
+fn spawn_receiver(s: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            match s.recv_from(&mut buf).await {
+                Ok((n, from)) => {
+                    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                    if tx.send(Input::Datagram { from, payload: buf[..n].to_vec() }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    debug!("signaling receive: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
 }

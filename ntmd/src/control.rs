@@ -283,6 +283,7 @@ mod tests {
             vip6: Some("fd4e:544d::1".into()),
             dc: Some("198.18.30.2:7500".into()),
             nat_outer: None,
+            nat_one_to_one: false,
             addresses: vec!["198.18.30.10:7600".into()],
             dataplane: "userspace".into(),
             signaling_drops: Default::default(),

@@ -293,7 +293,7 @@ impl Handler {
 
     fn on_core_event(&mut self, ev: NodeEvent) {
         match ev {
-            NodeEvent::Registered { vip4, vip6, dc, observed, nat } => {
+            NodeEvent::Registered { vip4, vip6, dc, observed, nat, one_to_one } => {
                 self.wanted_vips = (vip4, vip6);
                 // Peers follow authenticated packets: tell them where this node is now.
                 self.dataplane.send_keepalives();
@@ -301,7 +301,8 @@ impl Handler {
                     vip4: vip4.map(|v| v.to_string()),
                     vip6: vip6.map(|v| v.to_string()),
                     dc: dc.to_string(),
-                    nat_outer: nat.then(|| observed.to_string()),
+                    nat_outer: (nat || one_to_one).then(|| observed.to_string()),
+                    one_to_one,
                 });
             }
             NodeEvent::RegistrationLost { reason } => {
@@ -457,7 +458,8 @@ impl Handler {
             vip4: reg.and_then(|r| r.vip4).map(|v| v.to_string()),
             vip6: reg.and_then(|r| r.vip6).map(|v| v.to_string()),
             dc: reg.map(|r| r.dc.to_string()),
-            nat_outer: reg.filter(|r| r.nat).map(|r| r.observed.to_string()),
+            nat_outer: reg.filter(|r| r.nat || r.one_to_one).map(|r| r.observed.to_string()),
+            nat_one_to_one: reg.is_some_and(|r| r.one_to_one),
             addresses: self.core.local_addrs().iter().map(|a| a.to_string()).collect(),
             dataplane: self.dataplane.name().to_string(),
             signaling_drops: self.core.drops(),

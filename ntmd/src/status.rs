@@ -80,6 +80,10 @@ pub struct Status {
     pub dc: Option<String>,
     /// The NAT's outer address the DC saw, when the node is behind NAT.
     pub nat_outer: Option<String>,
+    /// The NAT is 1:1 (a cloud's public address): the DC's probe came through, so peers reach
+    /// the node at `nat_outer` directly.
+    #[serde(default)]
+    pub nat_one_to_one: bool,
     /// The node's own addresses, as it offers them to its DC (its `interfaces` /
     /// `exclude_interfaces` applied).
     #[serde(default)]
@@ -112,6 +116,9 @@ pub enum Event {
         dc: String,
         /// The node's address (`ip:port`) as the DC saw it, when the node is behind a NAT.
         nat_outer: Option<String>,
+        /// That NAT is 1:1: peers reach the node there unsolicited.
+        #[serde(default)]
+        one_to_one: bool,
     },
     /// The node is no longer registered (the DC refused it or stopped answering); it keeps
     /// trying, and builds fail until it is registered again.
@@ -178,12 +185,15 @@ impl std::fmt::Display for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         match self {
-            Event::Registered { vip4, vip6, dc, nat_outer } => write!(
+            Event::Registered { vip4, vip6, dc, nat_outer, one_to_one } => write!(
                 f,
                 "registered dc {dc} vip4 {} vip6 {}{}",
                 opt(vip4),
                 opt(vip6),
-                nat_outer.as_ref().map(|o| format!(" nat {o}")).unwrap_or_default()
+                nat_outer
+                    .as_ref()
+                    .map(|o| format!(" nat {o}{}", if *one_to_one { " (1:1)" } else { "" }))
+                    .unwrap_or_default()
             ),
             Event::RegistrationLost { reason } => write!(f, "registration lost: {reason}"),
             Event::PeerState { fqdn, state } => write!(f, "peer {fqdn} state {}", state_str(*state)),

@@ -122,6 +122,7 @@ fn a_name_lookup_builds_the_tunnel() {
             keepalive: Duration::from_secs(15),
             enrolled,
             peers: HashMap::new(),
+            relays: Vec::new(),
         },
         MemRegistry::new(Pools { v4: Some("100.64.40.0/24".parse().unwrap()), v6: None }),
     );

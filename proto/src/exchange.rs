@@ -110,6 +110,10 @@ impl Ids {
             }
         }
     }
+    /// Reserves a given id (one a relay chose); false if it is zero or in use here already.
+    pub fn reserve(&mut self, id: u32) -> bool {
+        id != 0 && self.used.insert(id)
+    }
     /// Returns `id` to the free space (exchange finished, tunnel gone).
     pub fn release(&mut self, id: u32) {
         self.used.remove(&id);
@@ -188,6 +192,11 @@ pub enum ExchangeError {
 }
 
 impl<T> Initiator<T> {
+    /// No request outstanding; every request retransmitted on `backoff`.
+    pub fn with_backoff(backoff: Backoff) -> Self {
+        Self { pending: HashMap::new(), backoff }
+    }
+
     /// Sends `request` to `dst`, whose static key is `remote`.
     #[allow(clippy::too_many_arguments)]
     pub fn start(

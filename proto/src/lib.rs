@@ -12,6 +12,7 @@ pub mod netlink;
 pub mod node;
 pub mod noise;
 pub mod registry;
+pub mod relay;
 pub mod replay;
 #[cfg(feature = "sim")]
 pub mod sim;

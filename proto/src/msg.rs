@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 /// Version of the signaling messages. A peer speaking another version gets a typed error.
-pub const MSG_VERSION: u16 = 1;
+pub const MSG_VERSION: u16 = 2;
 
 /// What a Noise payload holds: the version, the timestamp, then the request or response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,13 @@ pub enum Request {
     Route(RouteDirection),
     /// node → node: open a tunnel.
     Tunnel(TunnelHello),
+    /// DC → relay: open a session between two nodes (only the relay's configured DCs may).
+    Allocate(Allocate),
+    /// DC → relay: are you there, and how loaded? (The DC avoids relays that stop answering.)
+    RelayPing,
+    /// DC → node, from a second address of the DC: does an unsolicited packet reach you through
+    /// your NAT? (It does through a cloud's 1:1 NAT, not through a home router's.)
+    Probe,
 }
 
 /// The answer, in Noise message 2. Variant indexes are wire values: append only.
@@ -48,6 +55,12 @@ pub enum Response {
     Tunnel(TunnelHello),
     /// To any request that failed.
     Error(ErrorReply),
+    /// To `Allocate`: the session's ids, one per side.
+    Allocated(Allocated),
+    /// To `RelayPing`: the relay's load.
+    RelayLoad(RelayLoad),
+    /// To `Probe`: the probe arrived.
+    ProbeAck,
 }
 
 /// A node's registration (and keepalive) with its DC.
@@ -68,8 +81,12 @@ pub struct Registered {
     pub vip6: Option<Ipv6Addr>,
     /// The source address the DC saw.
     pub observed: SocketAddr,
-    /// The node is behind a NAT (`observed` is not one of its addresses).
+    /// The node is behind a NAT that only lets in what the node opened (`observed` is not one
+    /// of its addresses and no probe came through): it opens its tunnels, or is relayed.
     pub nat: bool,
+    /// The node is behind a 1:1 NAT (a cloud's public address mapped to its private one): the
+    /// DC's probe to `observed` came through, so peers reach it there unsolicited.
+    pub one_to_one: bool,
     /// How often the node should register again to keep its NAT mapping and its entry fresh.
     pub keepalive_ms: u32,
 }
@@ -113,8 +130,55 @@ pub struct PeerDirectionRequest {
 pub enum Path {
     /// Node to node, UDP between the two endpoints.
     Direct,
-    /// Through a relay server. Reserved: no relay exists yet and DCs never answer it.
+    /// Through a relay server: both nodes send to the relay, which forwards by id.
     Relay,
+}
+
+/// A node's part of a relay session, from its DC: where the relay is, which id the node's
+/// tunnel takes (the relay forwards by it) and the key that authenticates its binds.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayTicket {
+    /// The relay's address, of the node's own address family.
+    pub relay: SocketAddr,
+    /// The node's local id for the tunnel: its handshake's sender and its data's receiver.
+    pub local_id: u32,
+    /// The key of the node's binds (HMAC-SHA256), known to the relay and to this node only.
+    pub bind_key: [u8; 32],
+}
+
+impl std::fmt::Debug for RelayTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayTicket").field("relay", &self.relay).field("local_id", &self.local_id).finish()
+    }
+}
+
+/// A DC asks one of its relays for a session between two nodes.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Allocate {
+    /// The bind keys of the two sides, fresh random keys the DC gives to each node too.
+    pub bind_keys: [[u8; 32]; 2],
+    /// The two nodes' names, for the relay's logs.
+    pub labels: [String; 2],
+}
+
+impl std::fmt::Debug for Allocate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Allocate").field("labels", &self.labels).finish()
+    }
+}
+
+/// The relay's answer to an allocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Allocated {
+    /// The ids of the two sides, in the order of [`Allocate::bind_keys`]: unique at the relay.
+    pub ids: [u32; 2],
+}
+
+/// The relay's answer to a ping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayLoad {
+    /// Sessions open now.
+    pub sessions: u32,
 }
 
 /// A DC's answer to a direction request: who the target is and how to reach it.
@@ -128,6 +192,8 @@ pub struct DirectionAnswer {
     pub path: Path,
     /// The requester opens the tunnel (else the target does, towards the requester).
     pub requester_initiates: bool,
+    /// For a relayed path: the requester's part of the session (`endpoint` is the relay).
+    pub relay: Option<RelayTicket>,
 }
 
 /// A DC tells the target node that a peer is about to build a tunnel with it, before it
@@ -142,6 +208,8 @@ pub struct RouteDirection {
     pub path: Path,
     /// The receiver opens the tunnel now.
     pub you_initiate: bool,
+    /// For a relayed path: the receiver's part of the session (`endpoint` is the relay).
+    pub relay: Option<RelayTicket>,
 }
 
 /// A node's identity in a tunnel handshake, both ways: the other side checks that `fqdn` is
@@ -178,6 +246,8 @@ pub enum ErrorCode {
     Version,
     /// The responder failed on its side (e.g. its registry could not be written).
     Internal,
+    /// The responder has no room now (a relay at its session limit).
+    Busy,
 }
 
 /// A failed request's answer.
@@ -238,10 +308,10 @@ mod tests {
         let b = encode(5, &r);
         let e: Envelope<Request> = decode(&b).unwrap();
         assert_eq!((e.ts, e.body), (5, r));
-        let mut v = postcard::to_allocvec(&Envelope { version: 2u16, ts: 1, body: 0u8 }).unwrap();
-        assert_eq!(decode::<Request>(&v), Err(MsgError::Version(2)));
+        let mut v = postcard::to_allocvec(&Envelope { version: 9u16, ts: 1, body: 0u8 }).unwrap();
+        assert_eq!(decode::<Request>(&v), Err(MsgError::Version(9)));
         v.truncate(1);
-        assert!(matches!(decode::<Request>(&[1, 0xff]), Err(MsgError::Malformed(_))));
+        assert!(matches!(decode::<Request>(&[MSG_VERSION as u8, 0xff]), Err(MsgError::Malformed(_))));
         let mut long = b.clone();
         long.push(0);
         assert!(matches!(decode::<Request>(&long), Err(MsgError::Malformed(_))));

@@ -12,8 +12,9 @@ use crate::data::TunnelKeys;
 use crate::exchange::{self, Ids, Initiator, Now, Transmit, TsFilter, TsSource};
 use crate::keys::{PublicKey, SecretKey};
 use crate::msg::{
-    DirectionRequest, ErrorCode, NodeInfo, Path, Register, Request, Response, RouteDirection, TunnelHello,
+    DirectionRequest, ErrorCode, NodeInfo, Path, Register, RelayTicket, Request, Response, RouteDirection, TunnelHello,
 };
+use crate::relay::BindKey;
 use crate::stats::{Drops, LogLimit};
 use crate::wire::Packet;
 
@@ -25,6 +26,11 @@ const AWAIT_PEER: Duration = Duration::from_secs(8);
 const REGISTER_RETRY: Duration = Duration::from_secs(1);
 /// Pause after the DC refused us (a configuration problem, not a network one).
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
+/// Longest interval between two binds of a relayed tunnel (WireGuard's persistent keepalive);
+/// shorter if the DC asks for more frequent registrations (its NATs forget sooner).
+const BIND_EVERY: Duration = Duration::from_secs(25);
+/// First wait for a bind's answer; it doubles up to 2 s until the relay answers.
+const BIND_RETRY: Duration = Duration::from_millis(250);
 
 /// What the node core is told at start; `ntmd` builds it from its configuration file.
 #[derive(Debug, Clone)]
@@ -88,6 +94,8 @@ pub enum NodeEvent {
         observed: SocketAddr,
         /// The node is behind a NAT.
         nat: bool,
+        /// The NAT is 1:1 (the DC's probe came through): peers reach the node unsolicited.
+        one_to_one: bool,
     },
     /// The node is no longer registered: the DC refused it or stopped answering. It keeps
     /// trying; new builds fail until it is registered again.
@@ -180,6 +188,8 @@ impl Peer {
 struct Vouch {
     info: NodeInfo,
     path: Path,
+    /// For a relayed path: the local id the relay gave this node's side.
+    relay_id: Option<u32>,
     expires: Instant,
 }
 
@@ -196,6 +206,27 @@ pub struct Registration {
     pub observed: SocketAddr,
     /// The node is behind a NAT (`observed` is not one of its addresses).
     pub nat: bool,
+    /// The NAT is 1:1: the DC's probe came through it.
+    pub one_to_one: bool,
+}
+
+/// A relayed tunnel's side at its relay: the node binds it now and then, so the relay knows
+/// where the node is (and the node's NAT keeps the mapping).
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// The peer's name.
+    pub fqdn: String,
+    /// The relay's address.
+    pub relay: SocketAddr,
+    /// The node's id in the session (the tunnel's local id).
+    pub id: u32,
+    /// When the relay last answered a bind.
+    pub acked: Option<Instant>,
+    key: BindKey,
+    /// When the next bind goes: soon while one is unanswered, else after the interval.
+    next: Instant,
+    retry: Duration,
+    last_ts: u64,
 }
 
 #[derive(Debug)]
@@ -220,6 +251,7 @@ pub struct NodeCore {
     keepalive: Duration,
     peers: HashMap<String, Peer>,
     vouches: HashMap<PublicKey, Vouch>,
+    bindings: HashMap<u32, Binding>,
     exchanges: Initiator<(Tag, String)>,
     ids: Ids,
     ts: TsSource,
@@ -245,6 +277,7 @@ impl NodeCore {
             keepalive: Duration::from_secs(15),
             peers: HashMap::new(),
             vouches: HashMap::new(),
+            bindings: HashMap::new(),
             exchanges: Initiator::default(),
             ids: Ids::default(),
             ts: TsSource::default(),
@@ -282,6 +315,11 @@ impl NodeCore {
         self.peers.get(&normalize(fqdn))
     }
 
+    /// The relay bindings of the relayed tunnels (and of those being built).
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values()
+    }
+
     /// The node's own addresses (with its port), as it reports them to its DC.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
@@ -295,6 +333,10 @@ impl NodeCore {
         }
         info!(?addrs, "local addresses");
         self.local_addrs = addrs;
+        for b in self.bindings.values_mut() {
+            b.next = now.mono;
+            b.retry = BIND_RETRY;
+        }
         if let RegState::Pending(id) = self.reg {
             self.exchanges.cancel(id);
             self.ids.release(id);
@@ -448,6 +490,7 @@ impl NodeCore {
         p.path = None;
         let fqdn = p.fqdn.clone();
         self.ids.release(local_id);
+        self.bindings.remove(&local_id);
         if self.peers[&fqdn].building.is_none() {
             self.set_state(&fqdn, PeerState::None);
         }
@@ -470,7 +513,8 @@ impl NodeCore {
                     }
                 }
             }
-            Ok(Packet::Data { .. }) => {
+            Ok(Packet::Bind { ack: true, id, ts }) => self.on_bind_ack(from, id, ts, data, now),
+            Ok(Packet::Data { .. } | Packet::Bind { ack: false, .. }) => {
                 self.drops.unexpected += 1;
                 debug!(%from, "data packet reached the signaling core");
             }
@@ -538,6 +582,14 @@ impl NodeCore {
         };
         match request {
             Request::Route(rd) if inc.key == self.cfg.dc_key => self.on_route(inc, rd, now),
+            Request::Probe if inc.key == self.cfg.dc_key => {
+                debug!(%from, "the DC's probe came through the NAT");
+                let id = self.ids.alloc();
+                if let Ok((t, _)) = inc.respond(id, &Response::ProbeAck, &mut self.ts, now) {
+                    self.transmits.push_back(t);
+                }
+                self.ids.release(id);
+            }
             Request::Tunnel(hello) if inc.key != self.cfg.dc_key => self.on_tunnel_request(inc, hello, now),
             other => {
                 warn!(%from, "unexpected request {:?}", std::mem::discriminant(&other));
@@ -551,8 +603,21 @@ impl NodeCore {
     fn on_route(&mut self, inc: exchange::Incoming, rd: RouteDirection, now: Now) {
         let peer_key = PublicKey(rd.peer.public_key);
         let fqdn = normalize(&rd.peer.fqdn);
-        info!(peer = %fqdn, endpoint = %rd.endpoint, initiate = rd.you_initiate, "route direction from the DC");
-        self.vouches.insert(peer_key, Vouch { info: rd.peer.clone(), path: rd.path, expires: now.mono + VOUCH_TTL });
+        info!(peer = %fqdn, endpoint = %rd.endpoint, initiate = rd.you_initiate, path = ?rd.path, "route direction from the DC");
+        let relay_id = match &rd.relay {
+            Some(ticket) => match self.bind_ticket(&fqdn, ticket, now) {
+                Some(id) => Some(id),
+                None => {
+                    let id = self.ids.alloc();
+                    self.transmits.extend(inc.error(id, ErrorCode::Busy, "relay id in use here", &mut self.ts, now));
+                    self.ids.release(id);
+                    return;
+                }
+            },
+            None => None,
+        };
+        self.vouches
+            .insert(peer_key, Vouch { info: rd.peer.clone(), path: rd.path, relay_id, expires: now.mono + VOUCH_TTL });
         let id = self.ids.alloc();
         if let Ok((t, _)) = inc.respond(id, &Response::RouteAck, &mut self.ts, now) {
             self.transmits.push_back(t);
@@ -565,12 +630,70 @@ impl NodeCore {
             if let Some(Building::Opening(_)) = p.building {
                 return; // already opening (the DC repeated itself)
             }
-            self.open_tunnel(&fqdn, peer_key, rd.endpoint, now);
+            self.open_tunnel(&fqdn, peer_key, rd.endpoint, relay_id, now);
         }
     }
 
-    fn open_tunnel(&mut self, fqdn: &str, key: PublicKey, endpoint: SocketAddr, now: Now) {
-        let id = self.ids.alloc();
+    /// Reserves the ticket's id and binds it at the relay at once; `None` if the id is taken.
+    fn bind_ticket(&mut self, fqdn: &str, ticket: &RelayTicket, now: Now) -> Option<u32> {
+        let id = ticket.local_id;
+        if self.bindings.get(&id).is_some_and(|b| b.fqdn == fqdn) {
+            return Some(id); // the same ticket again (the DC repeated itself)
+        }
+        if !self.ids.reserve(id) {
+            warn!(peer = fqdn, id, "the relay's id for this tunnel is in use here");
+            return None;
+        }
+        self.bindings.insert(
+            id,
+            Binding {
+                fqdn: fqdn.to_string(),
+                relay: ticket.relay,
+                id,
+                acked: None,
+                key: BindKey::new(&ticket.bind_key),
+                next: now.mono,
+                retry: BIND_RETRY,
+                last_ts: 0,
+            },
+        );
+        self.send_binds(now);
+        Some(id)
+    }
+
+    /// Sends the binds that are due.
+    fn send_binds(&mut self, now: Now) {
+        let every = BIND_EVERY.min(self.keepalive);
+        for b in self.bindings.values_mut() {
+            if b.next > now.mono {
+                continue;
+            }
+            let ts = self.ts.next(now.unix_us);
+            b.last_ts = ts;
+            self.transmits.push_back(Transmit { dst: b.relay, payload: b.key.seal(false, b.id, ts).to_vec() });
+            // Again soon unless the relay answers (then after the interval).
+            b.next = now.mono + b.retry.min(every);
+            b.retry = (b.retry * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn on_bind_ack(&mut self, from: SocketAddr, id: u32, ts: u64, data: &[u8], now: Now) {
+        let Some(b) = self.bindings.get_mut(&id).filter(|b| b.relay == from && b.last_ts == ts && b.key.verify(data))
+        else {
+            self.drops.unexpected += 1;
+            debug!(%from, "dropped a bind answer for no binding of ours");
+            return;
+        };
+        if b.acked.is_none() {
+            debug!(peer = %b.fqdn, relay = %b.relay, id, "bound at the relay");
+        }
+        b.acked = Some(now.mono);
+        b.retry = BIND_RETRY;
+        b.next = now.mono + BIND_EVERY.min(self.keepalive);
+    }
+
+    fn open_tunnel(&mut self, fqdn: &str, key: PublicKey, endpoint: SocketAddr, relay_id: Option<u32>, now: Now) {
+        let id = relay_id.unwrap_or_else(|| self.ids.alloc());
         let (vip4, vip6) = self.own_vips();
         let hello = TunnelHello { fqdn: self.cfg.fqdn.clone(), vip4, vip6 };
         match self.exchanges.start(
@@ -595,6 +718,7 @@ impl NodeCore {
             }
             Err(e) => {
                 self.ids.release(id);
+                self.bindings.remove(&id);
                 self.fail(fqdn, format!("cannot open the tunnel: {e}"));
             }
         }
@@ -621,7 +745,14 @@ impl NodeCore {
             return;
         }
         let (vip4, vip6) = self.own_vips();
-        let local_id = self.ids.alloc();
+        // A relayed tunnel takes the id the relay gave this side (reserved with the binding).
+        let relay_id = vouch.relay_id.filter(|id| self.bindings.contains_key(id));
+        if vouch.path == Path::Relay && relay_id.is_none() {
+            self.drops.unexpected += 1;
+            debug!(from = %inc.from, peer = %fqdn, "tunnel request for a relay session that is gone");
+            return;
+        }
+        let local_id = relay_id.unwrap_or_else(|| self.ids.alloc());
         let remote_id = inc.sender;
         let from = inc.from;
         let reply = Response::Tunnel(TunnelHello { fqdn: self.cfg.fqdn.clone(), vip4, vip6 });
@@ -633,7 +764,9 @@ impl NodeCore {
                 self.tunnel_up(&fqdn, &vouch.info, from, local_id, remote_id, keys, vouch.path);
             }
             Err(e) => {
-                self.ids.release(local_id);
+                if relay_id.is_none() {
+                    self.ids.release(local_id);
+                }
                 warn!(peer = %fqdn, "cannot answer the tunnel request: {e}");
             }
         }
@@ -668,6 +801,7 @@ impl NodeCore {
         if let Some(old) = old.filter(|o| *o != local_id) {
             self.events.push_back(NodeEvent::TunnelDown { fqdn: fqdn.to_string(), local_id: old });
             self.ids.release(old);
+            self.bindings.remove(&old);
         }
         info!(peer = fqdn, %endpoint, local_id, "tunnel up");
         self.events.push_back(NodeEvent::TunnelUp(TunnelSpec {
@@ -697,9 +831,16 @@ impl NodeCore {
                     Response::Direction(ans) if normalize(&ans.peer.fqdn) == fqdn => {
                         let key = PublicKey(ans.peer.public_key);
                         debug!(peer = %fqdn, endpoint = %ans.endpoint, requester_initiates = ans.requester_initiates, rtt = ?done.rtt, "direction");
+                        let relay_id = match &ans.relay {
+                            Some(ticket) => match self.bind_ticket(&fqdn, ticket, now) {
+                                Some(id) => Some(id),
+                                None => return self.fail(&fqdn, "the relay's id is in use here".into()),
+                            },
+                            None => None,
+                        };
                         self.vouches.insert(
                             key,
-                            Vouch { info: ans.peer.clone(), path: ans.path, expires: now.mono + VOUCH_TTL },
+                            Vouch { info: ans.peer.clone(), path: ans.path, relay_id, expires: now.mono + VOUCH_TTL },
                         );
                         if let Some(p) = self.peers.get_mut(&fqdn) {
                             p.vip4 = ans.peer.vip4;
@@ -707,7 +848,7 @@ impl NodeCore {
                             p.building = Some(Building::AwaitingPeer(now.mono + AWAIT_PEER));
                         }
                         if ans.requester_initiates {
-                            self.open_tunnel(&fqdn, key, ans.endpoint, now);
+                            self.open_tunnel(&fqdn, key, ans.endpoint, relay_id, now);
                         } else if let Some(inc) = self.parked.remove(&fqdn) {
                             if inc.key == key {
                                 self.on_init_trusted(inc, now);
@@ -724,6 +865,7 @@ impl NodeCore {
                 let ours = matches!(self.peers.get(&fqdn).and_then(|p| p.building), Some(Building::Opening(id)) if id == done.id);
                 if !ours {
                     self.ids.release(done.id);
+                    self.bindings.remove(&done.id);
                     return;
                 }
                 match done.response {
@@ -743,14 +885,17 @@ impl NodeCore {
                                 Path::Direct,
                             ),
                         };
+                        let path = if self.bindings.contains_key(&done.id) { Path::Relay } else { path };
                         self.tunnel_up(&fqdn, &info, done.from, done.id, done.remote_id, done.keys, path);
                     }
                     Response::Error(e) => {
                         self.ids.release(done.id);
+                        self.bindings.remove(&done.id);
                         self.fail(&fqdn, format!("the peer refused: {e}"));
                     }
                     other => {
                         self.ids.release(done.id);
+                        self.bindings.remove(&done.id);
                         self.fail(&fqdn, format!("unexpected answer from the peer: {other:?}"));
                     }
                 }
@@ -766,9 +911,17 @@ impl NodeCore {
         match done.response {
             Response::Registered(r) => {
                 self.keepalive = Duration::from_millis(r.keepalive_ms.clamp(1000, 3_600_000) as u64);
-                let reg = Registration { vip4: r.vip4, vip6: r.vip6, dc: done.from, observed: r.observed, nat: r.nat };
+                let reg = Registration {
+                    vip4: r.vip4,
+                    vip6: r.vip6,
+                    dc: done.from,
+                    observed: r.observed,
+                    nat: r.nat,
+                    one_to_one: r.one_to_one,
+                };
                 let changed = self.registration.as_ref().is_none_or(|o| {
-                    (o.vip4, o.vip6, o.dc, o.observed, o.nat) != (reg.vip4, reg.vip6, reg.dc, reg.observed, reg.nat)
+                    (o.vip4, o.vip6, o.dc, o.observed, o.nat, o.one_to_one)
+                        != (reg.vip4, reg.vip6, reg.dc, reg.observed, reg.nat, reg.one_to_one)
                 });
                 if changed {
                     info!(vip4 = ?r.vip4, vip6 = ?r.vip6, dc = %done.from, observed = %r.observed, nat = r.nat, rtt = ?done.rtt, "registered");
@@ -778,6 +931,7 @@ impl NodeCore {
                         dc: done.from,
                         observed: r.observed,
                         nat: r.nat,
+                        one_to_one: r.one_to_one,
                     });
                 } else {
                     debug!(rtt = ?done.rtt, "registration refreshed");
@@ -837,7 +991,8 @@ impl NodeCore {
             _ => None,
         });
         let vouch = self.vouches.values().map(|v| v.expires);
-        [reg, self.exchanges.poll_timeout()].into_iter().flatten().chain(awaiting).chain(vouch).min()
+        let binds = self.bindings.values().map(|b| b.next);
+        [reg, self.exchanges.poll_timeout()].into_iter().flatten().chain(awaiting).chain(vouch).chain(binds).min()
     }
 
     /// Retransmits what is due, re-registers (the keepalive), and fails builds whose DC or peer
@@ -864,6 +1019,7 @@ impl NodeCore {
                     }
                 }
                 Tag::Tunnel => {
+                    self.bindings.remove(&f.id);
                     if matches!(self.peers.get(&fqdn).and_then(|p| p.building), Some(Building::Opening(id)) if id == f.id)
                     {
                         self.fail(&fqdn, format!("the peer did not answer at {}", f.dst));
@@ -885,6 +1041,7 @@ impl NodeCore {
             self.fail(&fqdn, "the peer did not open the tunnel".into());
         }
         self.vouches.retain(|_, v| v.expires > now.mono);
+        self.send_binds(now);
     }
 
     /// The next datagram to send from the signaling socket, if any.

@@ -4,7 +4,10 @@
 //! handshake init  | 1 | ver | 0 0 | sender u32 LE |                 | noise IK message 1
 //! handshake resp  | 2 | ver | 0 0 | sender u32 LE | receiver u32 LE | noise IK message 2
 //! data            | 4 | 0 0 0     | receiver u32 LE | counter u64 LE | ChaCha20-Poly1305(payload) + tag
+//! relay bind      | 5 | ver | 0 0 | id u32 LE       | ts u64 LE      | HMAC-SHA256(bind key, first 16)[..16]
+//! relay bind ack  | 6 | ver | 0 0 | id u32 LE       | ts u64 LE      | HMAC-SHA256(bind key, first 16)[..16]
 //! ```
+//! A relay forwards handshakes by their sender id and data by its receiver id: all at offset 4.
 //! The data packet has WireGuard's shape: the nonce is the counter, so `ring` and the kernel's
 //! `chacha20poly1305_encrypt` produce the same bytes.
 
@@ -14,6 +17,12 @@ pub const TYPE_INIT: u8 = 1;
 pub const TYPE_RESP: u8 = 2;
 /// First byte of a tunnel data packet.
 pub const TYPE_DATA: u8 = 4;
+/// First byte of a relay bind: a node tells the relay where its side of a session is.
+pub const TYPE_BIND: u8 = 5;
+/// First byte of a relay's answer to a bind.
+pub const TYPE_BIND_ACK: u8 = 6;
+/// Length of a bind and of its answer.
+pub const BIND_LEN: usize = 32;
 /// The signaling framing version, second byte of init and resp packets; others are dropped.
 pub const VERSION: u8 = 1;
 
@@ -73,6 +82,15 @@ pub enum Packet<'a> {
         /// Noise IK message 2.
         noise: &'a [u8],
     },
+    /// A relay bind or its answer (the MAC is checked by [`crate::relay`], not here).
+    Bind {
+        /// True for the relay's answer ([`TYPE_BIND_ACK`]).
+        ack: bool,
+        /// The node's id in the session.
+        id: u32,
+        /// The sender's timestamp (µs since the Unix epoch), strictly increasing per side.
+        ts: u64,
+    },
     /// Tunnel data.
     Data {
         /// The receiving side's local id of the tunnel.
@@ -120,6 +138,14 @@ impl<'a> Packet<'a> {
                 }
                 let counter = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
                 Ok(Packet::Data { receiver: u32_at(b, 4), counter, sealed: &b[DATA_HEADER..] })
+            }
+            t @ (TYPE_BIND | TYPE_BIND_ACK) => {
+                if b.len() != BIND_LEN {
+                    return Err(WireError::Truncated("relay bind"));
+                }
+                Self::check_sig_header(b)?;
+                let ts = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+                Ok(Packet::Bind { ack: t == TYPE_BIND_ACK, id: u32_at(b, 4), ts })
             }
             t => Err(WireError::UnknownType(t)),
         }

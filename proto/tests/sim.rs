@@ -168,6 +168,7 @@ fn world(loss: u64) -> Sim {
             keepalive: Duration::from_secs(5),
             enrolled: nodes.iter().map(|f| (f.to_string(), keys[f].public())).collect(),
             peers: [(peer.0.to_string(), peer.1)].into(),
+            relays: Vec::new(),
         };
         let pools = Pools { v4: Some(format!("100.64.{pool}.0/24").parse().unwrap()), v6: None };
         DcCore::new(cfg, MemRegistry::new(pools))

@@ -218,7 +218,7 @@ fn render_status(s: &Status) -> String {
         out += &format!("  dc {dc}");
     }
     if let Some(nat) = &s.nat_outer {
-        out += &format!("  nat {nat}");
+        out += &format!("  nat {nat}{}", if s.nat_one_to_one { " (1:1)" } else { "" });
     }
     out.push('\n');
     if !s.addresses.is_empty() {
@@ -357,6 +357,7 @@ mod tests {
             vip6: None,
             dc: Some("198.18.30.2:7500".into()),
             nat_outer: None,
+            nat_one_to_one: false,
             addresses: vec!["198.18.30.10:7600".into()],
             dataplane: "userspace".into(),
             signaling_drops: Default::default(),

@@ -3,22 +3,28 @@
 //! No sockets, no DNS, no clock: the DC daemon feeds it datagrams and time, answers its
 //! `Locate` commands (finding another zone's DC through DNS), and drains transmits.
 
+pub mod path;
+pub mod relays;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::exchange::{self, Ids, Incoming, Initiator, Now, Transmit, TsFilter, TsSource};
+use crate::exchange::{self, Backoff, Ids, Incoming, Initiator, Now, Transmit, TsFilter, TsSource};
 use crate::keys::{PublicKey, SecretKey};
 use crate::msg::{
-    DirectionAnswer, ErrorCode, ErrorReply, MsgError, NodeInfo, Path, PeerDirectionRequest, Register, Registered,
-    Request, Response, RouteDirection,
+    Allocate, DirectionAnswer, ErrorCode, ErrorReply, MsgError, NodeInfo, Path, PeerDirectionRequest, Register,
+    Registered, RelayTicket, Request, Response, RouteDirection,
 };
 use crate::node::normalize;
 use crate::registry::{NodeRecord, Registration, Registry};
 use crate::stats::{Drops, LogLimit};
 use crate::wire::Packet;
+use path::Choice;
+use relays::Relays;
+pub use relays::{RelayConfig, RelayView};
 
 /// A direction that has not finished within this time fails.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -36,6 +42,8 @@ pub struct DcConfig {
     pub enrolled: HashMap<String, PublicKey>,
     /// Trusted DCs of other zones: zone → key.
     pub peers: HashMap<String, PublicKey>,
+    /// The relays this DC allocates sessions on, for nodes that cannot reach each other directly.
+    pub relays: Vec<RelayConfig>,
 }
 
 /// What the DC has done, for its metrics.
@@ -51,6 +59,10 @@ pub struct DcCounters {
     pub directions_failed: u64,
     /// Directions that went to another zone's DC.
     pub directions_remote: u64,
+    /// Directions answered with a relayed path.
+    pub directions_relayed: u64,
+    /// Nodes found behind a 1:1 NAT by a probe.
+    pub one_to_one: u64,
 }
 
 /// Work the daemon does for the core.
@@ -71,14 +83,49 @@ enum Tag {
     Peer(u64),
 }
 
+/// Exchanges with relays: an allocation for a direction, or a ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayTag {
+    Alloc(u64, usize),
+    Ping(usize),
+}
+
+/// A probe of a node's NAT: its name, the mapping probed and the addresses it registered with.
+#[derive(Debug, Clone)]
+struct ProbeTag {
+    fqdn: String,
+    observed: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    key: [u8; 32],
+}
+
+/// A relayed direction waiting for its allocation.
+#[derive(Debug, Clone)]
+struct PendingRelay {
+    target: NodeInfo,
+    /// The target's observed address: where its route direction goes.
+    dst: SocketAddr,
+    requester_v4: bool,
+    target_v4: bool,
+    why: &'static str,
+    keys: [[u8; 32]; 2],
+    /// Relays that failed this direction already.
+    tried: Vec<usize>,
+}
+
 struct Op {
     requester: NodeInfo,
     target: String,
     waiters: Vec<Incoming>,
     /// The answer to give once the target acknowledged its route direction.
     answer: Option<DirectionAnswer>,
+    relay: Option<PendingRelay>,
     deadline: Instant,
 }
+
+/// How many tries an allocation or a probe gets, 250 ms apart then 500 ms: a relay that does
+/// not answer within about a second is skipped.
+const QUICK: Backoff = Backoff { initial: Duration::from_millis(250), max: Duration::from_millis(500), tries: 3 };
 
 /// The DC's protocol state machine, over a node registry `R` (SQLite in the daemon, memory in
 /// the simulation). Feed it datagrams, timeouts and located DCs; drain transmits and commands.
@@ -88,6 +135,16 @@ pub struct DcCore<R> {
     peer_zones: HashMap<PublicKey, String>,
     registry: R,
     exchanges: Initiator<Tag>,
+    relay_x: Initiator<RelayTag>,
+    probes: Initiator<ProbeTag>,
+    relays: Relays,
+    /// Nodes whose NAT let the DC's probe in, with the mapping probed: they are reachable there.
+    one_to_one: HashMap<String, SocketAddr>,
+    /// Mappings probed without an answer (a NAT that filters), not probed again.
+    filtered: HashMap<String, SocketAddr>,
+    /// Nodes with a probe under way.
+    probing: std::collections::HashSet<String>,
+    probe_transmits: VecDeque<Transmit>,
     ids: Ids,
     ts: TsSource,
     ts_filter: TsFilter,
@@ -109,12 +166,20 @@ impl<R: Registry> DcCore<R> {
         cfg.peers = cfg.peers.into_iter().map(|(z, k)| (normalize(&z), k)).collect();
         let by_key = cfg.enrolled.iter().map(|(f, k)| (*k, f.clone())).collect();
         let peer_zones = cfg.peers.iter().map(|(z, k)| (*k, z.clone())).collect();
+        let relays = Relays::new(cfg.relays.clone());
         Self {
             cfg,
             by_key,
             peer_zones,
             registry,
             exchanges: Initiator::default(),
+            relay_x: Initiator::with_backoff(QUICK),
+            probes: Initiator::with_backoff(QUICK),
+            relays,
+            one_to_one: HashMap::new(),
+            filtered: HashMap::new(),
+            probing: Default::default(),
+            probe_transmits: VecDeque::new(),
             ids: Ids::default(),
             ts: TsSource::default(),
             ts_filter: TsFilter::default(),
@@ -143,6 +208,11 @@ impl<R: Registry> DcCore<R> {
         self.counters
     }
 
+    /// The relays and what the DC knows of them now.
+    pub fn relays(&self) -> Vec<RelayView> {
+        self.relays.view()
+    }
+
     /// The DC's zone, normalized.
     pub fn zone(&self) -> &str {
         &self.cfg.zone
@@ -164,11 +234,36 @@ impl<R: Registry> DcCore<R> {
                 }
             },
             Ok(Packet::Resp { sender, receiver, noise }) => {
-                match self.exchanges.on_response(sender, receiver, noise, from, now) {
+                let r = match self.exchanges.on_response(sender, receiver, noise, from, now) {
                     Ok(done) => {
                         self.ids.release(done.id);
-                        self.on_completed(done.tag, done.response, now)
+                        self.on_completed(done.tag, done.response, now);
+                        Ok(())
                     }
+                    Err(exchange::ExchangeError::Unexpected) => {
+                        match self.relay_x.on_response(sender, receiver, noise, from, now) {
+                            Ok(done) => {
+                                self.ids.release(done.id);
+                                self.on_relay_answer(done.tag, done.response, now);
+                                Ok(())
+                            }
+                            Err(exchange::ExchangeError::Unexpected) => {
+                                match self.probes.on_response(sender, receiver, noise, from, now) {
+                                    Ok(done) => {
+                                        self.ids.release(done.id);
+                                        self.on_probe_answer(done.tag, done.response, now);
+                                        Ok(())
+                                    }
+                                    e => e.map(|_| ()),
+                                }
+                            }
+                            e => e.map(|_| ()),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => {}
                     Err(exchange::ExchangeError::Unexpected) => {
                         self.drops.unexpected += 1;
                         debug!(%from, "dropped a response to no outstanding request");
@@ -179,7 +274,7 @@ impl<R: Registry> DcCore<R> {
                     }
                 }
             }
-            Ok(Packet::Data { .. }) => {
+            Ok(Packet::Data { .. } | Packet::Bind { .. }) => {
                 self.drops.unexpected += 1;
                 debug!(%from, "dropped a data packet sent to the DC");
             }
@@ -275,7 +370,7 @@ impl<R: Registry> DcCore<R> {
                 }
                 self.start_op(inc, p.requester, target, now);
             }
-            Request::Route(_) | Request::Tunnel(_) => {
+            Request::Route(_) | Request::Tunnel(_) | Request::Allocate(_) | Request::RelayPing | Request::Probe => {
                 self.refuse(inc, ErrorCode::BadRequest, "a DC does not take that request".into(), now);
             }
         }
@@ -310,7 +405,9 @@ impl<R: Registry> DcCore<R> {
             debug!(%from, %fqdn, "dropped a replayed registration");
             return;
         }
-        let nat = !r.addrs.iter().any(|a| same_endpoint(*a, from));
+        let reported = r.addrs.iter().any(|a| same_endpoint(*a, from));
+        let one_to_one = !reported && self.one_to_one.get(&fqdn).is_some_and(|o| same_endpoint(*o, from));
+        let nat = !reported && !one_to_one;
         let reg = Registration {
             fqdn: &fqdn,
             public_key: inc.key.0,
@@ -334,9 +431,14 @@ impl<R: Registry> DcCore<R> {
                     vip6: rec.vip6,
                     observed: from,
                     nat,
+                    one_to_one,
                     keepalive_ms: self.cfg.keepalive.as_millis().min(u32::MAX as u128) as u32,
                 });
+                let key = inc.key.0;
                 self.reply(inc, &resp, now);
+                if nat && !self.filtered.get(&fqdn).is_some_and(|o| same_endpoint(*o, from)) {
+                    self.probe(fqdn, from, r.addrs, key, now);
+                }
             }
             Err(e) => {
                 warn!(%fqdn, "registration failed: {e}");
@@ -357,7 +459,14 @@ impl<R: Registry> DcCore<R> {
         debug!(requester = %requester.fqdn, %target, local, "direction");
         self.ops.insert(
             id,
-            Op { requester, target: target.clone(), waiters: vec![inc], answer: None, deadline: now.mono + OP_TIMEOUT },
+            Op {
+                requester,
+                target: target.clone(),
+                waiters: vec![inc],
+                answer: None,
+                relay: None,
+                deadline: now.mono + OP_TIMEOUT,
+            },
         );
         if local {
             self.direct_locally(id, now);
@@ -381,46 +490,62 @@ impl<R: Registry> DcCore<R> {
         };
         let tinfo = node_info(&record);
         let requester = op.requester.clone();
-        let Some((to_target, to_requester)) = pick_endpoints(&requester, &tinfo) else {
-            return self.finish(
-                id,
-                err(
-                    ErrorCode::NoPath,
-                    format!("{} and {target} share no address family (relay not available)", requester.fqdn),
-                ),
-                now,
-            );
-        };
-        let requester_initiates = match (requester.nat, tinfo.nat) {
-            (true, true) => {
-                return self.finish(
-                    id,
-                    err(
-                        ErrorCode::NoPath,
-                        format!("{} and {target} are both behind NAT (relay not available)", requester.fqdn),
-                    ),
-                    now,
-                )
-            }
-            (false, true) => false,
-            _ => true,
-        };
         let Some(dst) = record.observed else {
             return self.finish(id, err(ErrorCode::NotRegistered, format!("{target} has no known address")), now);
         };
-        info!(requester = %requester.fqdn, %target, path = "direct", opener = if requester_initiates { requester.fqdn.as_str() } else { target.as_str() }, "direction");
-        let route = RouteDirection {
-            peer: requester,
-            endpoint: to_requester,
-            path: Path::Direct,
-            you_initiate: !requester_initiates,
-        };
+        match path::choose(&requester, &tinfo) {
+            Choice::None => {
+                self.finish(id, err(ErrorCode::NoPath, format!("{} or {target} has no address", requester.fqdn)), now)
+            }
+            Choice::Direct { to_target, to_requester, requester_initiates } => {
+                info!(requester = %requester.fqdn, %target, path = "direct", opener = if requester_initiates { requester.fqdn.as_str() } else { target.as_str() }, "direction");
+                let route = RouteDirection {
+                    peer: requester,
+                    endpoint: to_requester,
+                    path: Path::Direct,
+                    you_initiate: !requester_initiates,
+                    relay: None,
+                };
+                let answer = DirectionAnswer {
+                    peer: tinfo,
+                    endpoint: to_target,
+                    path: Path::Direct,
+                    requester_initiates,
+                    relay: None,
+                };
+                self.send_route(id, dst, PublicKey(record.public_key), route, answer, now);
+            }
+            Choice::Relay { requester_v4, target_v4, why } => {
+                let pending = PendingRelay {
+                    target: tinfo,
+                    dst,
+                    requester_v4,
+                    target_v4,
+                    why,
+                    keys: [rand::random(), rand::random()],
+                    tried: Vec::new(),
+                };
+                self.allocate(id, pending, now);
+            }
+        }
+    }
+
+    /// Tells the target its route direction; the requester gets `answer` once the target acked.
+    fn send_route(
+        &mut self,
+        id: u64,
+        dst: SocketAddr,
+        key: PublicKey,
+        route: RouteDirection,
+        answer: DirectionAnswer,
+        now: Now,
+    ) {
         let xid = self.ids.alloc();
         match self.exchanges.start(
             Tag::Route(id),
             xid,
             dst,
-            PublicKey(record.public_key),
+            key,
             Request::Route(route),
             &self.cfg.secret,
             &mut self.ts,
@@ -428,13 +553,159 @@ impl<R: Registry> DcCore<R> {
         ) {
             Ok(t) => {
                 self.transmits.push_back(t);
-                self.ops.get_mut(&id).expect("present").answer =
-                    Some(DirectionAnswer { peer: tinfo, endpoint: to_target, path: Path::Direct, requester_initiates });
+                if let Some(op) = self.ops.get_mut(&id) {
+                    op.answer = Some(answer);
+                }
             }
             Err(e) => {
                 self.ids.release(xid);
                 self.finish(id, err(ErrorCode::Internal, e.to_string()), now)
             }
+        }
+    }
+
+    /// Asks a relay for a session for direction `id`, skipping those that failed it already.
+    fn allocate(&mut self, id: u64, pending: PendingRelay, now: Now) {
+        let Some(op) = self.ops.get_mut(&id) else { return };
+        let Some(relay) = self.relays.pick(pending.requester_v4, pending.target_v4, &pending.tried) else {
+            let what = format!(
+                "{} and {}: {}, and no relay {}",
+                op.requester.fqdn,
+                op.target,
+                pending.why,
+                if self.relays.is_empty() { "is configured" } else { "answers" }
+            );
+            return self.finish(id, err(ErrorCode::NoPath, what), now);
+        };
+        let req = Request::Allocate(Allocate {
+            bind_keys: pending.keys,
+            labels: [op.requester.fqdn.clone(), op.target.clone()],
+        });
+        op.relay = Some(pending);
+        let cfg = self.relays.config(relay).clone();
+        let dst = self.relays.addr(relay, true).or_else(|| self.relays.addr(relay, false)).expect("picked by family");
+        let xid = self.ids.alloc();
+        match self.relay_x.start(
+            RelayTag::Alloc(id, relay),
+            xid,
+            dst,
+            cfg.key,
+            req,
+            &self.cfg.secret,
+            &mut self.ts,
+            now,
+        ) {
+            Ok(t) => self.transmits.push_back(t),
+            Err(e) => {
+                self.ids.release(xid);
+                self.finish(id, err(ErrorCode::Internal, e.to_string()), now)
+            }
+        }
+    }
+
+    fn on_relay_answer(&mut self, tag: RelayTag, response: Response, now: Now) {
+        match tag {
+            RelayTag::Ping(i) => match response {
+                Response::RelayLoad(l) => self.relays.answered(i, l.sessions),
+                other => {
+                    warn!(relay = %self.relays.config(i).name, "the relay answered a ping with {other:?}");
+                    self.relays.failed(i);
+                }
+            },
+            RelayTag::Alloc(id, i) => {
+                let Some(mut pending) = self.ops.get_mut(&id).and_then(|o| o.relay.take()) else { return };
+                let ids = match response {
+                    Response::Allocated(a) => a.ids,
+                    other => {
+                        warn!(relay = %self.relays.config(i).name, "the relay refused a session: {other:?}");
+                        pending.tried.push(i);
+                        return self.allocate(id, pending, now);
+                    }
+                };
+                self.relays.allocated(i);
+                self.counters.directions_relayed += 1;
+                let (Some(at_r), Some(at_t)) =
+                    (self.relays.addr(i, pending.requester_v4), self.relays.addr(i, pending.target_v4))
+                else {
+                    return self.finish(id, err(ErrorCode::Internal, "relay lost its address".into()), now);
+                };
+                let op = &self.ops[&id];
+                info!(requester = %op.requester.fqdn, target = %op.target, path = "relay", relay = %self.relays.config(i).name, why = pending.why, "direction");
+                let route = RouteDirection {
+                    peer: op.requester.clone(),
+                    endpoint: at_t,
+                    path: Path::Relay,
+                    you_initiate: false,
+                    relay: Some(RelayTicket { relay: at_t, local_id: ids[1], bind_key: pending.keys[1] }),
+                };
+                let key = PublicKey(pending.target.public_key);
+                let answer = DirectionAnswer {
+                    peer: pending.target,
+                    endpoint: at_r,
+                    path: Path::Relay,
+                    requester_initiates: true,
+                    relay: Some(RelayTicket { relay: at_r, local_id: ids[0], bind_key: pending.keys[0] }),
+                };
+                self.send_route(id, pending.dst, key, route, answer, now);
+            }
+        }
+    }
+
+    fn on_relay_failed(&mut self, tag: RelayTag, now: Now) {
+        match tag {
+            RelayTag::Ping(i) => self.relays.failed(i),
+            RelayTag::Alloc(id, i) => {
+                self.relays.failed(i);
+                if let Some(mut pending) = self.ops.get_mut(&id).and_then(|o| o.relay.take()) {
+                    pending.tried.push(i);
+                    self.allocate(id, pending, now);
+                }
+            }
+        }
+    }
+
+    /// Sends a probe to a node's NAT mapping from the DC's second socket: only a NAT that lets
+    /// unsolicited packets in (a cloud's 1:1 NAT) passes it to the node.
+    fn probe(&mut self, fqdn: String, observed: SocketAddr, addrs: Vec<SocketAddr>, key: [u8; 32], now: Now) {
+        if self.probes_pending_for(&fqdn) {
+            return;
+        }
+        let xid = self.ids.alloc();
+        let tag = ProbeTag { fqdn: fqdn.clone(), observed, addrs, key };
+        match self.probes.start(tag, xid, observed, PublicKey(key), Request::Probe, &self.cfg.secret, &mut self.ts, now)
+        {
+            Ok(t) => {
+                debug!(%fqdn, %observed, "probing the node's NAT");
+                self.probing.insert(fqdn);
+                self.probe_transmits.push_back(t);
+            }
+            Err(_) => self.ids.release(xid),
+        }
+    }
+
+    fn probes_pending_for(&self, fqdn: &str) -> bool {
+        self.probing.contains(fqdn)
+    }
+
+    fn on_probe_answer(&mut self, tag: ProbeTag, response: Response, now: Now) {
+        self.probing.remove(&tag.fqdn);
+        if response != Response::ProbeAck {
+            self.filtered.insert(tag.fqdn, tag.observed);
+            return;
+        }
+        info!(fqdn = %tag.fqdn, observed = %tag.observed, "behind a 1:1 NAT: reachable at its public address");
+        self.counters.one_to_one += 1;
+        self.one_to_one.insert(tag.fqdn.clone(), tag.observed);
+        let reg = Registration {
+            fqdn: &tag.fqdn,
+            public_key: tag.key,
+            addrs: &tag.addrs,
+            observed: tag.observed,
+            nat: false,
+            now_unix: now.unix_us / 1_000_000,
+        };
+        if let Err(e) = self.registry.register(&reg) {
+            warn!(fqdn = %tag.fqdn, "cannot record the 1:1 NAT: {e}");
         }
     }
 
@@ -506,7 +777,16 @@ impl<R: Registry> DcCore<R> {
     /// deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ops = self.ops.values().map(|o| o.deadline).min();
-        [ops, self.exchanges.poll_timeout()].into_iter().flatten().min()
+        [
+            ops,
+            self.exchanges.poll_timeout(),
+            self.relay_x.poll_timeout(),
+            self.probes.poll_timeout(),
+            self.relays.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Retransmits what is due, and fails directions whose target or peer DC does not answer or
@@ -522,6 +802,39 @@ impl<R: Registry> DcCore<R> {
             };
             self.finish(id, err(ErrorCode::Unavailable, what), now);
         }
+        let (retx, failed) = self.relay_x.on_timeout(&self.cfg.secret, &mut self.ts, now);
+        self.transmits.extend(retx);
+        for f in failed {
+            self.ids.release(f.id);
+            self.on_relay_failed(f.tag, now);
+        }
+        let (retx, failed) = self.probes.on_timeout(&self.cfg.secret, &mut self.ts, now);
+        self.probe_transmits.extend(retx);
+        for f in failed {
+            self.ids.release(f.id);
+            debug!(fqdn = %f.tag.fqdn, observed = %f.tag.observed, "the probe did not come through: a NAT that filters");
+            self.probing.remove(&f.tag.fqdn);
+            self.filtered.insert(f.tag.fqdn, f.tag.observed);
+        }
+        for (i, dst, key) in self.relays.due_pings(now.mono) {
+            let xid = self.ids.alloc();
+            match self.relay_x.start(
+                RelayTag::Ping(i),
+                xid,
+                dst,
+                key,
+                Request::RelayPing,
+                &self.cfg.secret,
+                &mut self.ts,
+                now,
+            ) {
+                Ok(t) => self.transmits.push_back(t),
+                Err(_) => {
+                    self.ids.release(xid);
+                    self.relays.failed(i);
+                }
+            }
+        }
         let late: Vec<u64> = self.ops.iter().filter(|(_, o)| o.deadline <= now.mono).map(|(id, _)| *id).collect();
         for id in late {
             self.finish(id, err(ErrorCode::Unavailable, "direction timed out".into()), now);
@@ -531,6 +844,12 @@ impl<R: Registry> DcCore<R> {
     /// The next datagram to send, if any; call until `None` after every input.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// The next datagram to send from the DC's second socket (a probe of a node's NAT: it must
+    /// come from another address or port than the one the node registered with).
+    pub fn poll_probe_transmit(&mut self) -> Option<Transmit> {
+        self.probe_transmits.pop_front()
     }
 
     /// The next piece of work for the daemon (a DC to locate), if any.
@@ -571,14 +890,4 @@ fn is_global(a: &SocketAddr) -> bool {
         std::net::IpAddr::V4(v) => !(v.is_loopback() || v.is_link_local() || v.is_unspecified()),
         std::net::IpAddr::V6(v) => !(v.is_loopback() || v.is_unspecified() || (v.segments()[0] & 0xffc0) == 0xfe80),
     }
-}
-
-/// A pair of endpoints of one address family: (where the requester reaches the target, where
-/// the target reaches the requester). IPv4 first, then IPv6.
-fn pick_endpoints(requester: &NodeInfo, target: &NodeInfo) -> Option<(SocketAddr, SocketAddr)> {
-    [true, false].into_iter().find_map(|v4| {
-        let r = requester.endpoints.iter().find(|a| a.ip().to_canonical().is_ipv4() == v4)?;
-        let t = target.endpoints.iter().find(|a| a.ip().to_canonical().is_ipv4() == v4)?;
-        Some((*t, *r))
-    })
 }
