@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -23,18 +23,39 @@ pub struct BodyTooLarge {
 
 /// The client's request body on its way to the node: counted, and cut off with
 /// [`BodyTooLarge`] past the limit (0: no limit).
+///
+/// Until a frame of it has been read, it can be taken back with a [`Replay`] handle, to send
+/// the request again on another connection (see [`crate::pool`]).
 pub struct RequestBody {
-    inner: Incoming,
+    slot: Arc<Mutex<Slot>>,
     count: Arc<AtomicU64>,
     seen: u64,
     limit: u64,
+}
+
+/// The client's body, shared between the [`RequestBody`] a connection reads and the [`Replay`]
+/// handle of the pool.
+struct Slot {
+    /// `None` once a [`Replay`] took it back.
+    body: Option<Incoming>,
+    /// A frame (or the end, or an error) was read from it: it cannot be sent again.
+    touched: bool,
 }
 
 impl RequestBody {
     /// Wraps the client's body: every data byte is added to `count` (the request's bytes in);
     /// past `limit` bytes (0: no limit) the body fails with [`BodyTooLarge`].
     pub fn new(inner: Incoming, limit: u64, count: Arc<AtomicU64>) -> RequestBody {
-        RequestBody { inner, count, seen: 0, limit }
+        RequestBody { slot: Arc::new(Mutex::new(Slot { body: Some(inner), touched: false })), count, seen: 0, limit }
+    }
+
+    /// A handle that can take the body back while none of it has been read.
+    pub fn replay(&self) -> Replay {
+        Replay { slot: self.slot.clone(), count: self.count.clone(), limit: self.limit }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -43,7 +64,15 @@ impl Body for RequestBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = {
+            let mut slot = self.slot();
+            // Taken back: the connection this body was sent on is being dropped, and gets
+            // nothing more of it.
+            let Some(body) = slot.body.as_mut() else { return Poll::Pending };
+            let frame = ready!(Pin::new(body).poll_frame(cx));
+            slot.touched = true;
+            frame
+        };
         if let Some(Ok(f)) = &frame {
             if let Some(data) = f.data_ref() {
                 let n = data.len() as u64;
@@ -58,11 +87,33 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.slot().body.as_ref().is_some_and(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.slot().body.as_ref().map(Incoming::size_hint).unwrap_or_default()
+    }
+}
+
+/// Takes a [`RequestBody`] back from the connection it was given to, as long as not a frame
+/// of it has been read (so not a byte of it was sent).
+pub struct Replay {
+    slot: Arc<Mutex<Slot>>,
+    count: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl Replay {
+    /// The body, whole, for another connection; the [`RequestBody`] it came from then yields
+    /// nothing more. `None` if a frame of it was read already, or if `with_content` and the
+    /// body is empty (it ended before its first frame).
+    pub fn take_unread(&self, with_content: bool) -> Option<RequestBody> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.touched || with_content && slot.body.as_ref().is_none_or(Incoming::is_end_stream) {
+            return None;
+        }
+        let body = slot.body.take()?;
+        Some(RequestBody::new(body, self.limit, self.count.clone()))
     }
 }
 

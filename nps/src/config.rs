@@ -61,6 +61,12 @@ pub struct Config {
     pub cert_dir: PathBuf,
     /// How long an idle connection to a node stays in the pool.
     pub pool_idle_timeout: Duration,
+    /// How long a request sent on a pooled (reused) connection waits for the first byte of the
+    /// response before that connection is taken for dead (its tunnel died without a word): it is
+    /// closed, and the request, when that is safe, is sent again once on a new connection that
+    /// must be up within what is left of `connect_timeout` (see [`crate::pool::Pool::send`]).
+    /// Less than `connect_timeout`; by default half of it.
+    pub pool_first_byte_timeout: Duration,
     /// Idle connections kept per node (VIP and port); a connection that would exceed it is
     /// closed. 0 disables the pool.
     pub pool_max_idle_per_node: usize,
@@ -160,6 +166,7 @@ struct RawConfig {
     max_request_body: Option<Spanned<RawSize>>,
     cert_dir: Option<Spanned<PathBuf>>,
     pool_idle_timeout_ms: Option<Spanned<u64>>,
+    pool_first_byte_timeout_ms: Option<Spanned<u64>>,
     pool_max_idle_per_node: Option<usize>,
     #[serde(default)]
     sites: Vec<Spanned<RawSite>>,
@@ -242,6 +249,21 @@ impl Validator<'_> {
         let header_timeout = self.millis("header_timeout_ms", raw.header_timeout_ms, DEFAULT_HEADER_TIMEOUT_MS)?;
         let pool_idle_timeout =
             self.millis("pool_idle_timeout_ms", raw.pool_idle_timeout_ms, DEFAULT_POOL_IDLE_TIMEOUT_MS)?;
+        // By default the silent pooled connection and the new one share the connect budget.
+        let pool_first_byte_timeout = match raw.pool_first_byte_timeout_ms {
+            Some(v) if Duration::from_millis(*v.get_ref()) >= connect_timeout => {
+                return Err(self.err(
+                    "pool_first_byte_timeout_ms",
+                    Some(v.span()),
+                    format!(
+                        "must be less than connect_timeout_ms ({}), which also covers the new connection of a retry",
+                        connect_timeout.as_millis()
+                    ),
+                ))
+            }
+            Some(v) => self.millis("pool_first_byte_timeout_ms", Some(v), 0)?,
+            None => (connect_timeout / 2).max(Duration::from_millis(1)),
+        };
         let max_request_body = match &raw.max_request_body {
             Some(s) => match s.get_ref() {
                 RawSize::Bytes(n) => *n,
@@ -298,6 +320,7 @@ impl Validator<'_> {
             max_request_body,
             cert_dir,
             pool_idle_timeout,
+            pool_first_byte_timeout,
             pool_max_idle_per_node: raw.pool_max_idle_per_node.unwrap_or(DEFAULT_POOL_MAX_IDLE_PER_NODE),
             sites,
         })
@@ -380,6 +403,7 @@ mod tests {
         assert_eq!(c.metrics_listen, None);
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.response_timeout, Duration::from_secs(30));
+        assert_eq!(c.pool_first_byte_timeout, Duration::from_millis(2500));
         assert_eq!(c.max_request_body, 100 << 20);
         assert_eq!(c.cert_dir, Path::new(DEFAULT_CERT_DIR));
         assert_eq!(
@@ -418,6 +442,20 @@ mod tests {
         assert!(e.contains("line 3") && e.contains("maybe"), "{e}");
         let e = parse("[[sites]]\nfqdn = \"a.test\"\nupstream_port = 0\n").unwrap_err().to_string();
         assert!(e.contains(":3: sites[0].upstream_port: port 0"), "{e}");
+    }
+
+    #[test]
+    fn first_byte_timeout_fits_in_the_connect_timeout() {
+        let c = parse("connect_timeout_ms = 1000\n").unwrap();
+        assert_eq!(c.pool_first_byte_timeout, Duration::from_millis(500));
+        let c = parse("connect_timeout_ms = 1000\npool_first_byte_timeout_ms = 200\n").unwrap();
+        assert_eq!(c.pool_first_byte_timeout, Duration::from_millis(200));
+        let e = parse("connect_timeout_ms = 1000\n\npool_first_byte_timeout_ms = 1000\n").unwrap_err().to_string();
+        assert!(e.contains(":3: pool_first_byte_timeout_ms: must be less than connect_timeout_ms (1000)"), "{e}");
+        let e = parse("pool_first_byte_timeout_ms = 0\n").unwrap_err().to_string();
+        assert!(e.contains(":1: pool_first_byte_timeout_ms: must be at least 1 ms"), "{e}");
+        let e = parse("pool_first_byte_timeout_ms = \"1s\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("pool_first_byte_timeout_ms"), "{e}");
     }
 
     #[test]

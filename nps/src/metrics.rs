@@ -97,6 +97,7 @@ struct SiteStats {
     connects_ok: u64,
     connects_failed: u64,
     pool_reused: u64,
+    retries: u64,
 }
 
 impl Metrics {
@@ -127,6 +128,11 @@ impl Metrics {
     /// A request sent on a pooled connection.
     pub fn pool_reuse(&self, site: &str) {
         self.site(site, |s| s.pool_reused += 1);
+    }
+
+    /// A request sent again on a new connection, after a pooled one gave no answer.
+    pub fn upstream_retry(&self, site: &str) {
+        self.site(site, |s| s.retries += 1);
     }
 
     /// One resolution through ntmd that went to the wire (a tunnel lookup or build).
@@ -184,6 +190,11 @@ impl Metrics {
             "nps_upstream_pool_reuse",
             "Requests sent on a pooled connection, by site.",
             nodes().map(|(s, st)| (vec![site(s)], st.pool_reused)),
+        );
+        p.counter_family(
+            "nps_upstream_retries",
+            "Requests sent again on a new connection after a pooled one gave no answer (a dead tunnel), by site.",
+            nodes().map(|(s, st)| (vec![site(s)], st.retries)),
         );
         p.register(
             "nps_resolve_duration",
@@ -261,6 +272,7 @@ mod tests {
         m.request("rpi.home.ntm.test", 502, 0, 300);
         m.request(NO_SITE, 404, 0, 100);
         m.upstream_connect("rpi.home.ntm.test", true);
+        m.upstream_retry("rpi.home.ntm.test");
         m.resolution(Duration::from_micros(300), None);
         m.resolution(Duration::from_millis(3), Some("servfail"));
         let text = m.render();
@@ -269,6 +281,7 @@ mod tests {
         assert!(text.contains("nps_requests_total{site=\"-\",class=\"4xx\"} 1\n"), "{text}");
         assert!(text.contains("nps_response_bytes_total{site=\"rpi.home.ntm.test\"} 2300\n"), "{text}");
         assert!(text.contains("nps_upstream_connects_total{site=\"rpi.home.ntm.test\",result=\"ok\"} 1\n"), "{text}");
+        assert!(text.contains("nps_upstream_retries_total{site=\"rpi.home.ntm.test\"} 1\n"), "{text}");
         assert!(text.contains("nps_resolve_duration_seconds_bucket{le=\"0.00025\",result=\"ok\"} 0\n"), "{text}");
         assert!(text.contains("nps_resolve_duration_seconds_bucket{le=\"0.0005\",result=\"ok\"} 1\n"), "{text}");
         assert!(text.contains("nps_resolve_duration_seconds_count{result=\"error\"} 1\n"), "{text}");

@@ -7,7 +7,9 @@
 //!    or waits for the build in progress);
 //! 3. [`upstream_request_filter`]: the request as the node gets it (origin-form, HTTP/1.1,
 //!    hop-by-hop headers removed, `X-Forwarded-*` and `Forwarded` added);
-//! 4. the exchange, on a pooled connection to the node ([`crate::pool`]), upgrades included;
+//! 4. the exchange, on a pooled connection to the node ([`crate::pool`]), upgrades included; a
+//!    pooled connection that stays silent (its tunnel died) is dropped, and the request sent
+//!    again on a new connection when that is safe;
 //! 5. [`response_filter`]: hop-by-hop headers removed;
 //! 6. [`RequestLog::finish`]: access log and metrics, once the response body is done.
 
@@ -28,7 +30,7 @@ use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::config::{Config, Site};
 use crate::errors::{BoxBody, ProxyError};
 use crate::metrics::{Metrics, NO_SITE};
-use crate::pool::{Pool, SendError};
+use crate::pool::{Pool, SendError, Timeouts};
 use crate::resolve::{ResolveError, Resolver};
 use crate::server::DrainToken;
 use crate::upgrade;
@@ -202,7 +204,9 @@ async fn proxy(
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let upstream_req = upstream_request_filter(shared, conn, req, &host, upgrading, log.bytes_in.clone())?;
 
-    let sent = shared.pool.send(&site.fqdn, peer, upstream_req, connect_deadline, shared.config.response_timeout);
+    let timeouts =
+        Timeouts { response: shared.config.response_timeout, first_byte: shared.config.pool_first_byte_timeout };
+    let sent = shared.pool.send(&site.fqdn, peer, upstream_req, connect_deadline, timeouts);
     let mut resp = sent.await.map_err(|e| send_error(&site, peer, shared, e))?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -596,3 +596,134 @@ async fn reload_applies_new_sites_and_keeps_old_on_error() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(TcpStream::connect(h.http).await.is_err(), "old listener still open");
 }
+
+/// The NPS with a [`FakeNode`] as the node of `a.test`.
+async fn harness_for(top: &str, node: &FakeNode) -> Harness {
+    let site = format!("[[sites]]\nfqdn = \"a.test\"\nupstream_port = {}\n", node.port());
+    Harness::start(top, &site, &["a.test"]).await
+}
+
+/// Lets the proxy put its connection back in the pool (a task does, once the body was read).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn silent_pooled_connection_is_dropped_and_the_request_sent_again() {
+    // The tunnel under the first connection dies after its first answer: the second request
+    // on it is read by no one, and nothing comes back. New connections work.
+    let node = FakeNode::start(|conn, req| !(conn == 0 && req >= 1)).await;
+    let h = harness_for("connect_timeout_ms = 2000\npool_first_byte_timeout_ms = 300", &node).await;
+    let (status, _, body) = get(h.http, "a.test", "/one").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "GET /one "));
+    settle().await;
+
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(h.http, "a.test", "/two").await;
+    let took = started.elapsed();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "GET /two "));
+    assert!(took >= Duration::from_millis(280), "answered before the first-byte timeout: {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}, the connect timeout is 2 s");
+    assert_eq!(node.accepted(), 2);
+    let requests = node.requests.lock().unwrap().clone();
+    assert_eq!(requests, [(0, 0, "GET /one".to_owned()), (0, 1, "GET /two".to_owned()), (1, 0, "GET /two".to_owned())]);
+    // The silent connection was closed, not pooled again.
+    for _ in 0..100 {
+        if node.closed() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(node.closed(), 1);
+
+    // The new connection is pooled in its place.
+    settle().await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(h.http, "a.test", "/three").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "GET /three "));
+    assert!(started.elapsed() < Duration::from_millis(250));
+    assert_eq!(node.accepted(), 2);
+    let metrics = h.server.metrics().render();
+    assert!(metrics.contains("nps_upstream_retries_total{site=\"a.test\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("nps_upstream_connects_total{site=\"a.test\",result=\"ok\"} 2\n"), "{metrics}");
+    assert!(metrics.contains("nps_upstream_pool_reuse_total{site=\"a.test\"} 1\n"), "{metrics}");
+}
+
+#[tokio::test]
+async fn only_requests_that_can_safely_be_repeated_are_sent_again() {
+    // Every connection answers its first request only.
+    let node = FakeNode::start(|_, req| req == 0).await;
+    let top = "connect_timeout_ms = 2000\nresponse_timeout_ms = 1000\npool_first_byte_timeout_ms = 300";
+    let h = harness_for(top, &node).await;
+    assert_eq!(get(h.http, "a.test", "/").await.0, StatusCode::OK);
+    settle().await;
+
+    // A POST whose body the client has not sent yet: the silent connection got its head but
+    // not a byte of its body, so it goes again, body and all, on a new connection.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(1);
+    let body =
+        BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))));
+    let req =
+        Request::post("/upload").header(header::HOST, "a.test").header(header::CONTENT_LENGTH, "5").body(body).unwrap();
+    let proxy = h.http;
+    let sent = tokio::spawn(async move { send1(proxy, req).await });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(node.accepted(), 2, "no new connection after the first-byte timeout");
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
+    let resp = sent.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&text[..], b"POST /upload hello");
+    drop(tx);
+    settle().await;
+
+    // A POST without a body may have been carried out by a node that is slow to answer: it
+    // stays on its connection until the response timeout.
+    let started = std::time::Instant::now();
+    let req = Request::post("/action").header(header::HOST, "a.test").body(empty()).unwrap();
+    let resp = send1(h.http, req).await;
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() >= Duration::from_millis(950), "{:?}", started.elapsed());
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&text).contains("sent no response within 1 s"));
+    assert_eq!(node.accepted(), 2);
+    let metrics = h.server.metrics().render();
+    assert!(metrics.contains("nps_upstream_retries_total{site=\"a.test\"} 1\n"), "{metrics}");
+}
+
+#[tokio::test]
+async fn node_that_never_answers_gets_504_in_time() {
+    let node = FakeNode::start(|_, _| false).await;
+    let h = harness_for("connect_timeout_ms = 1000\nresponse_timeout_ms = 1000", &node).await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(h.http, "a.test", "/").await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("sent no response within 1 s"), "{body}");
+    assert!(took >= Duration::from_millis(950) && took < Duration::from_millis(1500), "took {took:?}");
+    // A fresh connection is not given up early: its connect just proved the tunnel alive.
+    assert_eq!(node.accepted(), 1);
+    assert!(!h.server.metrics().render().contains("nps_upstream_retries_total{site=\"a.test\"} 1"));
+}
+
+#[tokio::test]
+async fn dead_tunnel_gets_504_within_the_connect_timeout() {
+    // After its first answer, the node is gone: the pooled connection goes silent, and new
+    // connections never complete (SYNs dropped).
+    let node = FakeNode::start_with(Arc::new(|_, req| req == 0), Some(1)).await;
+    // The first-byte timeout is half the connect timeout: 500 ms.
+    let h = harness_for("connect_timeout_ms = 1000", &node).await;
+    assert_eq!(get(h.http, "a.test", "/").await.0, StatusCode::OK);
+    settle().await;
+    node.fill_backlog();
+
+    let started = std::time::Instant::now();
+    let (status, _, body) = get(h.http, "a.test", "/").await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("No connection to the node could be made within 1 s"), "{body}");
+    assert!(took >= Duration::from_millis(950) && took < Duration::from_millis(1500), "took {took:?}");
+    let metrics = h.server.metrics().render();
+    assert!(metrics.contains("nps_upstream_retries_total{site=\"a.test\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("nps_upstream_connects_total{site=\"a.test\",result=\"error\"} 1\n"), "{metrics}");
+}

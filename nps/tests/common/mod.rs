@@ -317,3 +317,131 @@ pub(crate) async fn raw(proxy: SocketAddr, request: &str) -> String {
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Decides whether the `request`th request on the `connection`th connection (both counted from
+/// 0, in order of arrival) gets an answer.
+pub(crate) type AnswerRule = Arc<dyn Fn(usize, usize) -> bool + Send + Sync>;
+
+/// A fake node whose tunnel can die: it speaks just enough HTTP/1.1 (requests without a body or
+/// with a `Content-Length` one) and answers `200` with `METHOD PATH BODY`, as long as the rule
+/// says so. Once a request goes unanswered, its connection hears nothing more from the node, as
+/// when packets vanish into a NAT that forgot its mapping (no reset, no ICMP).
+///
+/// With `accept_at_most`, the listener stops accepting after that many connections, and its
+/// backlog is 0: once [`FakeNode::fill_backlog`] took the one queued slot, the kernel drops
+/// new SYNs, so connecting hangs as through a dead tunnel.
+pub(crate) struct FakeNode {
+    pub addr: SocketAddr,
+    /// `(connection, request, "METHOD PATH")` of every complete request read.
+    pub requests: Arc<Mutex<Vec<(usize, usize, String)>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+    _listener: Arc<TcpListener>,
+    fillers: Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl FakeNode {
+    pub(crate) async fn start(rule: impl Fn(usize, usize) -> bool + Send + Sync + 'static) -> FakeNode {
+        FakeNode::start_with(Arc::new(rule), None).await
+    }
+
+    pub(crate) async fn start_with(rule: AnswerRule, accept_at_most: Option<usize>) -> FakeNode {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = Arc::new(socket.listen(if accept_at_most.is_some() { 0 } else { 128 }).unwrap());
+        let node = FakeNode {
+            addr: listener.local_addr().unwrap(),
+            requests: Arc::default(),
+            accepted: Arc::new(AtomicUsize::new(0)),
+            closed: Arc::new(AtomicUsize::new(0)),
+            _listener: listener.clone(),
+            fillers: Mutex::default(),
+        };
+        let (accepted, closed, requests) = (node.accepted.clone(), node.closed.clone(), node.requests.clone());
+        tokio::spawn(async move {
+            loop {
+                if accept_at_most.is_some_and(|max| accepted.load(Ordering::SeqCst) >= max) {
+                    return;
+                }
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let conn = accepted.fetch_add(1, Ordering::SeqCst);
+                let (rule, closed, requests) = (rule.clone(), closed.clone(), requests.clone());
+                tokio::spawn(async move {
+                    fake_node_connection(stream, conn, rule, requests).await;
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        node
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub(crate) fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections the other side closed so far.
+    pub(crate) fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Takes the listen backlog's only slot (see [`FakeNode::start_with`]).
+    pub(crate) fn fill_backlog(&self) {
+        let s = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).unwrap();
+        self.fillers.lock().unwrap().push(s);
+    }
+}
+
+async fn fake_node_connection(
+    mut stream: TcpStream,
+    conn: usize,
+    rule: AnswerRule,
+    requests: Arc<Mutex<Vec<(usize, usize, String)>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut n_req = 0;
+    let mut silent = false;
+    loop {
+        while !silent {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { break };
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .map_or(0, |v| v.parse().unwrap());
+            if buf.len() < end + 4 + len {
+                break;
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            buf.drain(..end + 4 + len);
+            let line: Vec<&str> = head.lines().next().unwrap_or_default().split(' ').collect();
+            let what = format!("{} {}", line[0], line.get(1).unwrap_or(&""));
+            requests.lock().unwrap().push((conn, n_req, what.clone()));
+            if rule(conn, n_req) {
+                let text = format!("{what} {body}");
+                let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}", text.len());
+                if stream.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            } else {
+                silent = true;
+            }
+            n_req += 1;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if !silent {
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+}
