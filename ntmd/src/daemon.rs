@@ -74,9 +74,36 @@ struct Daemon {
     /// When setting the VIPs on the device failed, the next try.
     vips_retry: Option<(Instant, Duration)>,
     vips_errors: LogLimiter,
+    /// When the tunnels' counters are sampled next, for their liveness.
+    next_sample: Instant,
+    /// A slow sample is being read off the task.
+    sampling: bool,
 }
 
+/// How often the tunnels' counters are sampled (see `proto::liveness`).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 impl Daemon {
+    /// Samples the tunnels' counters: at once when the data plane is quick to read, else in a
+    /// blocking thread (the sample comes back as `Cmd::Sample`).
+    fn sample(&mut self, now: Now) {
+        if !self.dataplane.slow_reads() {
+            let read = Readings::of(&*self.dataplane);
+            self.handler.input(Input::Cmd(Cmd::Sample(read)), now);
+            return;
+        }
+        if self.sampling {
+            return;
+        }
+        self.sampling = true;
+        let (dataplane, cmds) = (self.dataplane.clone(), self.cmds.clone());
+        tokio::spawn(async move {
+            if let Ok(read) = tokio::task::spawn_blocking(move || Readings::of(&*dataplane)).await {
+                let _ = cmds.send(Cmd::Sample(read)).await;
+            }
+        });
+    }
+
     /// Queues a `Show` or `Metrics` request and, unless a read is in flight, reads the data
     /// plane in a blocking thread; the readings come back as `Cmd::Readings`.
     fn read_off_task(&mut self, request: Cmd) {
@@ -224,6 +251,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         waiting: Vec::new(),
         vips_retry: None,
         vips_errors: LogLimiter::new(Duration::from_secs(10)),
+        next_sample: Instant::now() + SAMPLE_EVERY,
+        sampling: false,
     };
     let inputs = ReceiverStream::new(dp_rx)
         .map(Input::Dataplane)
@@ -244,6 +273,10 @@ impl Core for Daemon {
             {
                 self.read_off_task(cmd)
             }
+            Input::Cmd(cmd @ Cmd::Sample(_)) => {
+                self.sampling = false;
+                self.handler.input(Input::Cmd(cmd), now);
+            }
             Input::Cmd(Cmd::Readings(read)) => {
                 for cmd in std::mem::take(&mut self.waiting) {
                     let cmd = match cmd {
@@ -259,10 +292,14 @@ impl Core for Daemon {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.handler.poll_timeout()
+        Some(self.handler.poll_timeout().map_or(self.next_sample, |t| t.min(self.next_sample)))
     }
 
     fn timeout(&mut self, now: Now) {
+        if self.next_sample <= now.mono {
+            self.next_sample = now.mono + SAMPLE_EVERY;
+            self.sample(now);
+        }
         self.handler.timeout(now)
     }
 

@@ -12,6 +12,7 @@ use std::time::Instant;
 use host::driver::DropReport;
 use host::metrics::{self, Histogram, Page, Unit};
 use proto::exchange::{Now, Transmit};
+use proto::liveness::{Liveness, Sample, Verdict};
 use proto::node::{NodeConfig, NodeCore, NodeEvent, PeerState};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, info, warn};
@@ -55,6 +56,8 @@ pub enum Cmd {
     /// The data plane was read off the handler's task for the `Show` and `Metrics` requests
     /// waiting in the daemon (which answers them); the handler has nothing to do with it.
     Readings(Readings),
+    /// The periodic sample of the tunnels' counters, for their liveness.
+    Sample(Readings),
 }
 
 /// What the data plane reports about its tunnels, for `Show` and `Metrics`.
@@ -90,6 +93,8 @@ struct Counters {
     /// By reason, indexed by the reason's number.
     destroyed: Vec<u64>,
     build_failed: u64,
+    /// Tunnels removed because their peer stopped answering.
+    unresponsive: u64,
     misses: u64,
     build_latency: Histogram,
     /// When each build under way started.
@@ -102,6 +107,7 @@ impl Default for Counters {
             built: 0,
             destroyed: vec![0; DestroyReason::all().count()],
             build_failed: 0,
+            unresponsive: 0,
             misses: 0,
             build_latency: metrics::histogram(&BUILD_BUCKETS),
             build_started: HashMap::new(),
@@ -129,6 +135,8 @@ pub struct Handler {
     counters: Counters,
     /// The periodic summary of drops.
     reported: DropReport,
+    /// Which peers still answer.
+    liveness: Liveness,
 }
 
 impl Handler {
@@ -145,6 +153,7 @@ impl Handler {
             device_vips: (None, None),
             counters: Counters::default(),
             reported: DropReport::default(),
+            liveness: Liveness::default(),
         }
     }
 
@@ -281,6 +290,23 @@ impl Handler {
             }
             Cmd::LocalAddrs(addrs) => self.core.set_local_addrs(addrs, now),
             Cmd::Readings(_) => {}
+            Cmd::Sample(read) => {
+                let samples = read.tunnels.iter().map(|t| Sample {
+                    local_id: t.local_id,
+                    tx_packets: t.counters.tx_packets,
+                    rx_packets: t.counters.rx_packets,
+                    rx_bytes: t.counters.rx_bytes,
+                });
+                for v in self.liveness.sample(samples, now.mono) {
+                    match v {
+                        Verdict::Keepalive(id) => self.dataplane.send_keepalives(Some(id)),
+                        Verdict::Dead(id) => {
+                            self.counters.unresponsive += 1;
+                            self.core.tunnel_unresponsive(id, now);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -296,7 +322,7 @@ impl Handler {
             NodeEvent::Registered { vip4, vip6, dc, observed, nat, one_to_one } => {
                 self.wanted_vips = (vip4, vip6);
                 // Peers follow authenticated packets: tell them where this node is now.
-                self.dataplane.send_keepalives();
+                self.dataplane.send_keepalives(None);
                 let _ = self.events.send(Event::Registered {
                     vip4: vip4.map(|v| v.to_string()),
                     vip6: vip6.map(|v| v.to_string()),
@@ -347,6 +373,10 @@ impl Handler {
                 let _ =
                     self.events.send(Event::TunnelDestroyed { fqdn, vip, reason: DestroyReason::Deleted, local_id });
             }
+            NodeEvent::NatKeepalive => self.dataplane.send_keepalives(None),
+            NodeEvent::Unresponsive { fqdn, local_id } => {
+                let _ = self.events.send(Event::PeerUnresponsive { fqdn, local_id });
+            }
             NodeEvent::BuildFailed { fqdn, reason } => {
                 self.counters.build_failed += 1;
                 self.counters.build_started.remove(&fqdn);
@@ -385,6 +415,11 @@ impl Handler {
             DestroyReason::all().map(|r| (r.name(), c.destroyed.get(r as usize).copied().unwrap_or(0))),
         );
         p.counter("ntm_tunnel_build_failures_total", "Tunnel builds that failed.", c.build_failed);
+        p.counter(
+            "ntm_tunnels_unresponsive_total",
+            "Tunnels removed and built again because their peer stopped answering.",
+            c.unresponsive,
+        );
         p.counter("ntm_tunnel_misses_total", "Packets for a VIP without a tunnel (rate limited).", c.misses);
         p.register(
             "ntm_tunnel_build",

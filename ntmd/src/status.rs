@@ -172,6 +172,14 @@ pub enum Event {
         /// The peer's new UDP address (`ip:port`).
         endpoint: String,
     },
+    /// A tunnel's peer stopped answering (data sent, nothing received for 15 s): the tunnel
+    /// is removed and built again through the DCs.
+    PeerUnresponsive {
+        /// The peer's name, normalized.
+        fqdn: String,
+        /// The removed tunnel's local id.
+        local_id: u32,
+    },
     /// A tunnel could not be built (or installed in the data plane).
     BuildFailed {
         /// The peer's name, normalized.
@@ -212,6 +220,9 @@ impl std::fmt::Display for Event {
             Event::TunnelMiss { vip } => write!(f, "tunnel miss vip {vip}"),
             Event::EndpointChanged { fqdn, endpoint } => write!(f, "endpoint changed {fqdn} {endpoint}"),
             Event::BuildFailed { fqdn, reason } => write!(f, "build failed {fqdn}: {reason}"),
+            Event::PeerUnresponsive { fqdn, local_id } => {
+                write!(f, "peer unresponsive {fqdn} id {local_id:#010x}: building again")
+            }
         }
     }
 }

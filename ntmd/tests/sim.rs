@@ -54,7 +54,7 @@ impl Dataplane for MemDataplane {
     fn orphan_drops(&self) -> u64 {
         0
     }
-    fn send_keepalives(&self) {}
+    fn send_keepalives(&self, _only: Option<u32>) {}
 }
 
 /// A node: its handler on the simulated network, as the daemon would run it.

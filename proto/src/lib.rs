@@ -7,6 +7,7 @@ pub mod dc;
 pub mod dns;
 pub mod exchange;
 pub mod keys;
+pub mod liveness;
 pub mod msg;
 pub mod netlink;
 pub mod node;

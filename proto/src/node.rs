@@ -119,6 +119,17 @@ pub enum NodeEvent {
         /// Our id of the tunnel to remove.
         local_id: u32,
     },
+    /// Send a keepalive on every tunnel: the node is behind a NAT that forgets idle mappings,
+    /// and its peers reach it only through them (WireGuard's persistent keepalive).
+    NatKeepalive,
+    /// A tunnel's peer stopped answering (data sent, nothing received): the tunnel is removed
+    /// (a `TunnelDown` follows) and built again through the DCs.
+    Unresponsive {
+        /// The peer's name, normalized.
+        fqdn: String,
+        /// The removed tunnel's local id.
+        local_id: u32,
+    },
     /// A build ended without a tunnel (refused, unanswered, timed out). A live tunnel to the
     /// peer, if any, stays.
     BuildFailed {
@@ -252,6 +263,8 @@ pub struct NodeCore {
     peers: HashMap<String, Peer>,
     vouches: HashMap<PublicKey, Vouch>,
     bindings: HashMap<u32, Binding>,
+    /// When the next NAT keepalive is due (only while behind a NAT that filters).
+    nat_keepalive: Option<Instant>,
     exchanges: Initiator<(Tag, String)>,
     ids: Ids,
     ts: TsSource,
@@ -278,6 +291,7 @@ impl NodeCore {
             peers: HashMap::new(),
             vouches: HashMap::new(),
             bindings: HashMap::new(),
+            nat_keepalive: None,
             exchanges: Initiator::default(),
             ids: Ids::default(),
             ts: TsSource::default(),
@@ -478,6 +492,33 @@ impl NodeCore {
     pub fn tunnel_miss(&mut self, vip: IpAddr, now: Now) -> Option<PeerState> {
         let fqdn = self.peer_by_vip(vip)?.fqdn.clone();
         Some(self.request(&fqdn, now))
+    }
+
+    /// The interval of keepalives on tunnels: 25 s (WireGuard's persistent keepalive), or the
+    /// DC's registration interval if shorter (the DC knows its nodes' NATs forget sooner).
+    pub fn keepalive_interval(&self) -> Duration {
+        BIND_EVERY.min(self.keepalive)
+    }
+
+    /// The tunnel with this local id sent data and got nothing back for a while (see
+    /// [`crate::liveness`]): remove it and build it again through the DCs.
+    pub fn tunnel_unresponsive(&mut self, local_id: u32, now: Now) {
+        let Some(p) = self.peers.values_mut().find(|p| p.local_id == Some(local_id)) else { return };
+        let fqdn = p.fqdn.clone();
+        warn!(peer = %fqdn, endpoint = ?p.endpoint, "the peer stopped answering: building the tunnel again");
+        p.local_id = None;
+        p.endpoint = None;
+        p.path = None;
+        self.events.push_back(NodeEvent::Unresponsive { fqdn: fqdn.clone(), local_id });
+        self.events.push_back(NodeEvent::TunnelDown { fqdn: fqdn.clone(), local_id });
+        self.ids.release(local_id);
+        self.bindings.remove(&local_id);
+        if self.peers[&fqdn].building.is_none() {
+            self.set_state(&fqdn, PeerState::None);
+            if self.registration.is_some() {
+                self.ask_dc(&fqdn, now);
+            }
+        }
     }
 
     /// The data plane destroyed the tunnel with this local id (idle, deleted, device down...).
@@ -936,6 +977,8 @@ impl NodeCore {
                 } else {
                     debug!(rtt = ?done.rtt, "registration refreshed");
                 }
+                self.nat_keepalive = (reg.nat && !reg.one_to_one)
+                    .then(|| self.nat_keepalive.unwrap_or(now.mono + self.keepalive_interval()));
                 self.registration = Some(reg);
                 self.reg = RegState::Fresh(now.mono + self.keepalive);
                 if changed {
@@ -992,7 +1035,13 @@ impl NodeCore {
         });
         let vouch = self.vouches.values().map(|v| v.expires);
         let binds = self.bindings.values().map(|b| b.next);
-        [reg, self.exchanges.poll_timeout()].into_iter().flatten().chain(awaiting).chain(vouch).chain(binds).min()
+        [reg, self.exchanges.poll_timeout(), self.nat_keepalive]
+            .into_iter()
+            .flatten()
+            .chain(awaiting)
+            .chain(vouch)
+            .chain(binds)
+            .min()
     }
 
     /// Retransmits what is due, re-registers (the keepalive), and fails builds whose DC or peer
@@ -1042,6 +1091,13 @@ impl NodeCore {
         }
         self.vouches.retain(|_, v| v.expires > now.mono);
         self.send_binds(now);
+        if self.nat_keepalive.is_some_and(|t| t <= now.mono) {
+            self.nat_keepalive = Some(now.mono + self.keepalive_interval());
+            // Only while a tunnel lives: keepalives do not keep an idle tunnel alive.
+            if self.peers.values().any(|p| p.local_id.is_some()) {
+                self.events.push_back(NodeEvent::NatKeepalive);
+            }
+        }
     }
 
     /// The next datagram to send from the signaling socket, if any.

@@ -263,11 +263,11 @@ impl TunnelTable {
         Ok(Decap { start: DATA_HEADER, len, local_id: receiver, roamed })
     }
 
-    /// An empty keepalive packet for each tunnel, with where to send it. Keepalives do not count
-    /// as activity for idle expiry.
-    pub fn keepalives(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+    /// An empty keepalive packet for each tunnel (or only the one with local id `only`), with
+    /// where to send it. Keepalives do not count as activity for idle expiry.
+    pub fn keepalives(&mut self, only: Option<u32>) -> Vec<(SocketAddr, Vec<u8>)> {
         let mut v = Vec::new();
-        for t in self.by_id.values_mut() {
+        for t in self.by_id.values_mut().filter(|t| only.is_none_or(|id| t.local_id == id)) {
             let mut out = Vec::new();
             if t.sealer.seal(&[], &mut out).is_ok() {
                 v.push((t.endpoint, out));

@@ -186,17 +186,20 @@ impl Dataplane for Kernel {
         true
     }
 
-    fn send_keepalives(&self) {
+    fn send_keepalives(&self, only: Option<u32>) {
         // The module holds the keys and the send counters: it seals and sends an empty packet on
-        // every tunnel, and peers follow its authenticated source address.
+        // every tunnel (or the one asked for), and peers follow its authenticated source address.
         let tunnels = self.installed.lock().expect("installed lock").len();
         if tunnels == 0 {
             return;
         }
-        let r = self.request(NtmMsg::new(cmd::TUNNEL_KEEPALIVE, vec![NtmAttr::Ifindex(self.link.index)]), false);
-        match r {
-            Ok(_) => info!(tunnels, "keepalives sent (by the module)"),
-            Err(e) => warn!("keepalives after a move: {e:#}"),
+        let mut attrs = vec![NtmAttr::Ifindex(self.link.index)];
+        if let Some(id) = only {
+            attrs.push(NtmAttr::Tunnel(vec![TunnelAttr::LocalId(id)]));
+        }
+        match self.request(NtmMsg::new(cmd::TUNNEL_KEEPALIVE, attrs), false) {
+            Ok(_) => debug!(tunnels, ?only, "keepalives sent (by the module)"),
+            Err(e) => warn!("keepalives: {e:#}"),
         }
     }
 }

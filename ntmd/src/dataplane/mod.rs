@@ -92,5 +92,5 @@ pub trait Dataplane: Send + Sync {
     }
     /// Sends an empty authenticated packet on every tunnel, so that peers learn a new address
     /// of this node (they follow authenticated packets).
-    fn send_keepalives(&self);
+    fn send_keepalives(&self, only: Option<u32>);
 }

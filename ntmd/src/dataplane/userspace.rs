@@ -14,7 +14,7 @@ use proto::tunnel::{EncapError, Reason, TunnelTable};
 use proto::wire;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{Dataplane, DpEvent, TunnelInfo};
 use crate::sockets::Sockets;
@@ -128,8 +128,8 @@ impl Dataplane for Userspace {
         Ok(())
     }
 
-    fn send_keepalives(&self) {
-        let packets = self.shared.table.lock().expect("table lock").keepalives();
+    fn send_keepalives(&self, only: Option<u32>) {
+        let packets = self.shared.table.lock().expect("table lock").keepalives(only);
         let tunnels = packets.len();
         for (endpoint, p) in packets {
             if let Err(e) = self.sockets.try_send_to(&p, endpoint) {
@@ -137,7 +137,7 @@ impl Dataplane for Userspace {
             }
         }
         if tunnels > 0 {
-            info!(tunnels, "keepalives sent");
+            debug!(tunnels, "keepalives sent");
         }
     }
 
