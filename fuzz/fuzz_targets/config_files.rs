@@ -1,4 +1,4 @@
-//! The daemons' TOML configurations (ntmd, dc, nps) as their `--config` loaders parse them:
+//! The daemons' TOML configurations (ntmd, dc, nps, relay) as their `--config` loaders parse them:
 //! any text gives a configuration or an error, never a panic; an error that names a line names
 //! one of the text's lines.
 #![no_main]
@@ -26,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
         line_ok(text, &e.to_string());
     }
     if let Err(e) = nps::config::Config::parse(text, path) {
+        line_ok(text, &e.to_string());
+    }
+    if let Err(e) = ntm_relay::config::Config::parse(text, path) {
         line_ok(text, &e.to_string());
     }
 });

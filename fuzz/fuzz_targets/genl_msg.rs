@@ -9,10 +9,10 @@ use ntmd::dataplane::genl::{NtmAttr, NtmMsg, TunnelAttr};
 fn known(m: &NtmMsg) -> Vec<NtmAttr> {
     m.attrs
         .iter()
-        .filter(|a| !matches!(a, NtmAttr::Other(_)))
+        .filter(|a| !matches!(a, NtmAttr::Other { .. }))
         .map(|a| match a {
             NtmAttr::Tunnel(t) => {
-                NtmAttr::Tunnel(t.iter().filter(|x| !matches!(x, TunnelAttr::Other(_))).cloned().collect())
+                NtmAttr::Tunnel(t.iter().filter(|x| !matches!(x, TunnelAttr::Other { .. })).cloned().collect())
             }
             other => other.clone(),
         })

@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
             keepalive: Duration::from_secs(5),
             enrolled: [("n.z.test".to_string(), node_key.public())].into(),
             peers: Default::default(),
+            relays: Vec::new(),
         },
         MemRegistry::new(Pools { v4: Some("100.64.0.0/24".parse().unwrap()), v6: None }),
     );
