@@ -53,6 +53,12 @@ pub struct Config {
     /// The relays this DC opens sessions on (`[[relays]]`), for nodes that cannot reach each
     /// other directly.
     pub relays: Vec<RelayConfig>,
+    /// Second addresses of the DC, one per family at most, that probes of nodes' NATs leave
+    /// from (on a free port). A NAT that lets in what comes from an address its node never sent
+    /// to is 1:1, and the node is reachable at its public address. Without one for a family,
+    /// probes leave from the signaling address on another port, which also tells a NAT that
+    /// filters by port from a 1:1 NAT, but takes a NAT that filters by address only for 1:1.
+    pub probe_from: Vec<IpAddr>,
 }
 
 /// A relay server this DC may allocate sessions on.
@@ -129,6 +135,7 @@ struct RawConfig {
     peers: Vec<RawPeer>,
     #[serde(default)]
     relays: Vec<RawRelay>,
+    probe_from: Option<Spanned<Vec<IpAddr>>>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +311,20 @@ impl Load for Config {
             relays.push(RelayConfig { name: r.name.into_inner(), addresses, public_key });
         }
 
+        let probe_from = match raw.probe_from {
+            None => Vec::new(),
+            Some(p) => {
+                let v = p.get_ref();
+                if v.iter().any(|ip| ip.is_unspecified())
+                    || v.iter().filter(|ip| ip.is_ipv4()).count() > 1
+                    || v.iter().filter(|ip| ip.is_ipv6()).count() > 1
+                {
+                    return Err(src.bad("probe_from", &p, "one usable address per family at most"));
+                }
+                p.into_inner()
+            }
+        };
+
         Ok(Config {
             zone,
             name,
@@ -320,6 +341,7 @@ impl Load for Config {
             nps,
             peers,
             relays,
+            probe_from,
         })
     }
 }

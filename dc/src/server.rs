@@ -126,7 +126,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // A second socket, on another port: probes of nodes' NATs leave from it (a NAT that
         // filters lets in only what comes from where the node sent to), and their answers come
         // back to it.
-        let probe_addr = SocketAddr::new(addr.ip(), 0);
+        let ip = cfg.probe_from.iter().copied().find(|ip| ip.is_ipv4() == addr.is_ipv4()).unwrap_or(addr.ip());
+        let probe_addr = SocketAddr::new(ip, 0);
         let p = Arc::new(UdpSocket::bind(probe_addr).await.with_context(|| format!("probes on {probe_addr}/udp"))?);
         spawn_receiver(p.clone(), tx.clone());
         probe_sockets.push(p);

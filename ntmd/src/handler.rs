@@ -374,6 +374,9 @@ impl Handler {
                     self.events.send(Event::TunnelDestroyed { fqdn, vip, reason: DestroyReason::Deleted, local_id });
             }
             NodeEvent::NatKeepalive => self.dataplane.send_keepalives(None),
+            NodeEvent::PathNote { fqdn, note } => {
+                let _ = self.events.send(Event::PathNote { fqdn, note });
+            }
             NodeEvent::Unresponsive { fqdn, local_id } => {
                 let _ = self.events.send(Event::PeerUnresponsive { fqdn, local_id });
             }

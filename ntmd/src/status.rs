@@ -180,6 +180,13 @@ pub enum Event {
         /// The removed tunnel's local id.
         local_id: u32,
     },
+    /// The path to a peer changes course (hole punching failed: a relay is asked for).
+    PathNote {
+        /// The peer's name, normalized.
+        fqdn: String,
+        /// What happens, in words.
+        note: String,
+    },
     /// A tunnel could not be built (or installed in the data plane).
     BuildFailed {
         /// The peer's name, normalized.
@@ -209,10 +216,7 @@ impl std::fmt::Display for Event {
                 f,
                 "tunnel built {fqdn} vip {} endpoint {endpoint} path {} id {local_id:#010x}",
                 opt(vip),
-                match path {
-                    PathKind::Direct => "direct",
-                    PathKind::Relay => "relay",
-                }
+                path_str(*path)
             ),
             Event::TunnelDestroyed { fqdn, vip, reason, local_id } => {
                 write!(f, "tunnel destroyed {fqdn} vip {} reason {} id {local_id:#010x}", opt(vip), reason.name())
@@ -220,10 +224,20 @@ impl std::fmt::Display for Event {
             Event::TunnelMiss { vip } => write!(f, "tunnel miss vip {vip}"),
             Event::EndpointChanged { fqdn, endpoint } => write!(f, "endpoint changed {fqdn} {endpoint}"),
             Event::BuildFailed { fqdn, reason } => write!(f, "build failed {fqdn}: {reason}"),
+            Event::PathNote { fqdn, note } => write!(f, "path {fqdn}: {note}"),
             Event::PeerUnresponsive { fqdn, local_id } => {
                 write!(f, "peer unresponsive {fqdn} id {local_id:#010x}: building again")
             }
         }
+    }
+}
+
+/// A path as `ntmctl` prints it: `direct`, `direct (punched)` or `relay`.
+pub fn path_str(p: PathKind) -> &'static str {
+    match p {
+        PathKind::Direct => "direct",
+        PathKind::Punched => "direct (punched)",
+        PathKind::Relay => "relay",
     }
 }
 

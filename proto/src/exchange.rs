@@ -389,7 +389,7 @@ mod tests {
         let t0 = Instant::now();
         let now = Now { mono: t0, unix_us: 1 };
         let addr: SocketAddr = "192.0.2.1:1".parse().unwrap();
-        let req = Request::Direction(msg::DirectionRequest { target: "x.y".into() });
+        let req = Request::Direction(msg::DirectionRequest { target: "x.y".into(), relay: false, upgrade: false });
         let first = ini.start("t", 42, addr, b.public(), req.clone(), &a, &mut ts, now).unwrap();
         // Lost. Retransmit after the backoff.
         let later = Now { mono: t0 + Duration::from_millis(300), unix_us: 2 };

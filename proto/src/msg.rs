@@ -113,6 +113,11 @@ pub struct NodeInfo {
 pub struct DirectionRequest {
     /// The FQDN of the node to reach, in any zone.
     pub target: String,
+    /// Hole punching toward the target failed: a relay, please.
+    pub relay: bool,
+    /// The node has a relayed tunnel to the target: answer only if a direct path is possible
+    /// now (else `NoPath`, and no relay is allocated).
+    pub upgrade: bool,
 }
 
 /// A DC asks the target's DC for a direction on behalf of one of its nodes.
@@ -122,6 +127,10 @@ pub struct PeerDirectionRequest {
     pub requester: NodeInfo,
     /// The FQDN of the node to reach, in the answering DC's zone.
     pub target: String,
+    /// As [`DirectionRequest::relay`].
+    pub relay: bool,
+    /// As [`DirectionRequest::upgrade`].
+    pub upgrade: bool,
 }
 
 /// How a tunnel runs. (Names in JSON are lowercase; postcard encodes the variant's index.)
@@ -132,6 +141,9 @@ pub enum Path {
     Direct,
     /// Through a relay server: both nodes send to the relay, which forwards by id.
     Relay,
+    /// Node to node through two NATs that filter: both were told to send at once (hole
+    /// punching), so that each NAT lets the other's packets in.
+    Punched,
 }
 
 /// A node's part of a relay session, from its DC: where the relay is, which id the node's

@@ -24,6 +24,13 @@ const VOUCH_TTL: Duration = Duration::from_secs(30);
 const AWAIT_PEER: Duration = Duration::from_secs(8);
 /// Pause before registering again after a failure.
 const REGISTER_RETRY: Duration = Duration::from_secs(1);
+/// How long hole punching may take before the build falls back to a relay.
+const PUNCH_DEADLINE: Duration = Duration::from_secs(1);
+/// First wait before a relayed tunnel asks whether a direct path is possible now; it doubles up
+/// to [`UPGRADE_MAX`] while the answer is no.
+const UPGRADE_FIRST: Duration = Duration::from_secs(30);
+/// Longest wait between two such questions.
+const UPGRADE_MAX: Duration = Duration::from_secs(600);
 /// Pause after the DC refused us (a configuration problem, not a network one).
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// Longest interval between two binds of a relayed tunnel (WireGuard's persistent keepalive);
@@ -130,6 +137,14 @@ pub enum NodeEvent {
         /// The removed tunnel's local id.
         local_id: u32,
     },
+    /// The path to a peer changes course: hole punching failed and a relay is asked for, or a
+    /// relayed tunnel is being replaced by a direct one.
+    PathNote {
+        /// The peer's name, normalized.
+        fqdn: String,
+        /// What happens, in words.
+        note: String,
+    },
     /// A build ended without a tunnel (refused, unanswered, timed out). A live tunnel to the
     /// peer, if any, stays.
     BuildFailed {
@@ -177,6 +192,15 @@ pub struct Peer {
     /// Why the last build failed; cleared when a tunnel comes up.
     pub last_error: Option<String>,
     building: Option<Building>,
+    /// The build under way only tries to replace a relayed tunnel by a direct one: if it fails,
+    /// the relayed tunnel stays and nothing is reported.
+    upgrading: bool,
+    /// Hole punching under way: at this instant stop, and fall back to a relay if the flag says
+    /// so (the requester does; the target just stops).
+    punch_deadline: Option<(Instant, bool)>,
+    /// A relayed tunnel asks the DC for a direct path at this instant.
+    upgrade_at: Option<Instant>,
+    upgrade_wait: Duration,
 }
 
 impl Peer {
@@ -191,8 +215,23 @@ impl Peer {
             local_id: None,
             last_error: None,
             building: None,
+            upgrading: false,
+            punch_deadline: None,
+            upgrade_at: None,
+            upgrade_wait: UPGRADE_FIRST,
         }
     }
+}
+
+/// What a direction request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Any path.
+    Any,
+    /// Hole punching failed: a relay.
+    Relay,
+    /// A direct path to replace a relayed tunnel, or nothing.
+    Upgrade,
 }
 
 #[derive(Debug, Clone)]
@@ -427,9 +466,17 @@ impl NodeCore {
     /// Asks the DC for a direction to `fqdn`. A peer with a live tunnel keeps it (and stays
     /// *built*) until the new one replaces it.
     fn ask_dc(&mut self, fqdn: &str, now: Now) -> bool {
+        self.ask_dc_for(fqdn, Ask::Any, now)
+    }
+
+    fn ask_dc_for(&mut self, fqdn: &str, ask: Ask, now: Now) -> bool {
         let Some(dc) = self.registration.as_ref().map(|r| r.dc) else { return false };
         let id = self.ids.alloc();
-        let req = Request::Direction(DirectionRequest { target: fqdn.to_string() });
+        let req = Request::Direction(DirectionRequest {
+            target: fqdn.to_string(),
+            relay: ask == Ask::Relay,
+            upgrade: ask == Ask::Upgrade,
+        });
         match self.exchanges.start(
             (Tag::Direction, fqdn.to_string()),
             id,
@@ -443,11 +490,14 @@ impl NodeCore {
             Ok(t) => {
                 self.transmits.push_back(t);
                 let p = self.peers.entry(fqdn.to_string()).or_insert_with(|| Peer::new(fqdn));
+                p.upgrading = ask == Ask::Upgrade;
+                p.punch_deadline = None;
                 if let Some(Building::AskingDc(old) | Building::Opening(old)) =
                     p.building.replace(Building::AskingDc(id))
                 {
                     self.exchanges.cancel(old);
                     self.ids.release(old);
+                    self.bindings.remove(&old);
                 }
                 if p.state == PeerState::None {
                     self.set_state(fqdn, PeerState::Building);
@@ -657,6 +707,18 @@ impl NodeCore {
             },
             None => None,
         };
+        if relay_id.is_some() {
+            // A relay instead of the hole punching under way: stop punching.
+            if let Some(p) = self.peers.get_mut(&fqdn) {
+                p.punch_deadline = None;
+                if let Some(Building::Opening(old)) = p.building {
+                    p.building = None;
+                    self.exchanges.cancel(old);
+                    self.ids.release(old);
+                    self.bindings.remove(&old);
+                }
+            }
+        }
         self.vouches
             .insert(peer_key, Vouch { info: rd.peer.clone(), path: rd.path, relay_id, expires: now.mono + VOUCH_TTL });
         let id = self.ids.alloc();
@@ -672,6 +734,12 @@ impl NodeCore {
                 return; // already opening (the DC repeated itself)
             }
             self.open_tunnel(&fqdn, peer_key, rd.endpoint, relay_id, now);
+            if rd.path == Path::Punched {
+                if let Some(p) = self.peers.get_mut(&fqdn) {
+                    // A little longer than the requester, who decides on the relay.
+                    p.punch_deadline = Some((now.mono + PUNCH_DEADLINE * 2, false));
+                }
+            }
         }
     }
 
@@ -785,6 +853,15 @@ impl NodeCore {
             self.ids.release(id);
             return;
         }
+        if vouch.path != Path::Relay
+            && matches!(self.peers.get(&fqdn).and_then(|p| p.building), Some(Building::Opening(_)))
+            && self.cfg.secret.public().0 > inc.key.0
+        {
+            // Both sides opened at once (hole punching, or two crossing builds): the side with
+            // the greater key is the initiator; the other answers its request.
+            debug!(peer = %fqdn, "crossing tunnel requests: ours goes on");
+            return;
+        }
         let (vip4, vip6) = self.own_vips();
         // A relayed tunnel takes the id the relay gave this side (reserved with the binding).
         let relay_id = vouch.relay_id.filter(|id| self.bindings.contains_key(id));
@@ -802,7 +879,7 @@ impl NodeCore {
                 self.transmits.push_back(t);
                 // The source of an authenticated initiation is where the peer is reachable now
                 // (its NAT's mapping, when it is behind one).
-                self.tunnel_up(&fqdn, &vouch.info, from, local_id, remote_id, keys, vouch.path);
+                self.tunnel_up(&fqdn, &vouch.info, from, local_id, remote_id, keys, vouch.path, now);
             }
             Err(e) => {
                 if relay_id.is_none() {
@@ -823,8 +900,17 @@ impl NodeCore {
         remote_id: u32,
         keys: TunnelKeys,
         path: Path,
+        now: Now,
     ) {
         let p = self.peers.entry(fqdn.to_string()).or_insert_with(|| Peer::new(fqdn));
+        p.punch_deadline = None;
+        p.upgrading = false;
+        if path == Path::Relay {
+            p.upgrade_at = Some(now.mono + p.upgrade_wait);
+        } else {
+            p.upgrade_at = None;
+            p.upgrade_wait = UPGRADE_FIRST;
+        }
         if let Some(Building::Opening(id)) | Some(Building::AskingDc(id)) = p.building {
             // A crossing build: the peer's tunnel won; forget ours.
             if id != local_id {
@@ -890,6 +976,11 @@ impl NodeCore {
                         }
                         if ans.requester_initiates {
                             self.open_tunnel(&fqdn, key, ans.endpoint, relay_id, now);
+                            if ans.path == Path::Punched {
+                                if let Some(p) = self.peers.get_mut(&fqdn) {
+                                    p.punch_deadline = Some((now.mono + PUNCH_DEADLINE, true));
+                                }
+                            }
                         } else if let Some(inc) = self.parked.remove(&fqdn) {
                             if inc.key == key {
                                 self.on_init_trusted(inc, now);
@@ -927,7 +1018,7 @@ impl NodeCore {
                             ),
                         };
                         let path = if self.bindings.contains_key(&done.id) { Path::Relay } else { path };
-                        self.tunnel_up(&fqdn, &info, done.from, done.id, done.remote_id, done.keys, path);
+                        self.tunnel_up(&fqdn, &info, done.from, done.id, done.remote_id, done.keys, path, now);
                     }
                     Response::Error(e) => {
                         self.ids.release(done.id);
@@ -983,6 +1074,11 @@ impl NodeCore {
                 self.reg = RegState::Fresh(now.mono + self.keepalive);
                 if changed {
                     self.rebuild_unreachable(now);
+                    // A direct path may exist now for the relayed tunnels.
+                    for p in self.peers.values_mut().filter(|p| p.path == Some(Path::Relay)) {
+                        p.upgrade_at = Some(now.mono);
+                        p.upgrade_wait = UPGRADE_FIRST;
+                    }
                 }
             }
             Response::Error(e) => {
@@ -1004,10 +1100,20 @@ impl NodeCore {
     }
 
     fn fail(&mut self, fqdn: &str, reason: String) {
+        if let Some(p) = self.peers.get_mut(fqdn).filter(|p| p.upgrading && p.local_id.is_some()) {
+            // Only a try at a direct path: the relayed tunnel stays, nothing failed.
+            debug!(peer = fqdn, "no direct path yet: {reason}");
+            p.upgrading = false;
+            p.building = None;
+            p.punch_deadline = None;
+            return;
+        }
         info!(peer = fqdn, "tunnel build failed: {reason}");
         self.parked.remove(fqdn);
         let p = self.peers.entry(fqdn.to_string()).or_insert_with(|| Peer::new(fqdn));
         p.building = None;
+        p.upgrading = false;
+        p.punch_deadline = None;
         p.last_error = Some(reason.clone());
         let built = p.local_id.is_some();
         self.events.push_back(NodeEvent::BuildFailed { fqdn: fqdn.to_string(), reason });
@@ -1035,12 +1141,20 @@ impl NodeCore {
         });
         let vouch = self.vouches.values().map(|v| v.expires);
         let binds = self.bindings.values().map(|b| b.next);
+        let punches = self.peers.values().filter_map(|p| p.punch_deadline.map(|(t, _)| t));
+        let upgrades = self
+            .peers
+            .values()
+            .filter(|p| p.path == Some(Path::Relay) && p.building.is_none())
+            .filter_map(|p| p.upgrade_at);
         [reg, self.exchanges.poll_timeout(), self.nat_keepalive]
             .into_iter()
             .flatten()
             .chain(awaiting)
             .chain(vouch)
             .chain(binds)
+            .chain(punches)
+            .chain(upgrades)
             .min()
     }
 
@@ -1090,6 +1204,8 @@ impl NodeCore {
             self.fail(&fqdn, "the peer did not open the tunnel".into());
         }
         self.vouches.retain(|_, v| v.expires > now.mono);
+        self.punch_deadlines(now);
+        self.upgrades(now);
         self.send_binds(now);
         if self.nat_keepalive.is_some_and(|t| t <= now.mono) {
             self.nat_keepalive = Some(now.mono + self.keepalive_interval());
@@ -1097,6 +1213,67 @@ impl NodeCore {
             if self.peers.values().any(|p| p.local_id.is_some()) {
                 self.events.push_back(NodeEvent::NatKeepalive);
             }
+        }
+    }
+
+    /// Hole punching that did not give a tunnel in time: the requester falls back to a relay
+    /// (or, trying to replace a relayed tunnel, keeps it); the target stops sending.
+    fn punch_deadlines(&mut self, now: Now) {
+        let late: Vec<(String, bool)> = self
+            .peers
+            .values()
+            .filter_map(|p| p.punch_deadline.filter(|(t, _)| *t <= now.mono).map(|(_, f)| (p.fqdn.clone(), f)))
+            .collect();
+        for (fqdn, fall_back) in late {
+            let Some(p) = self.peers.get_mut(&fqdn) else { continue };
+            p.punch_deadline = None;
+            if let Some(Building::Opening(id)) = p.building {
+                p.building = None;
+                self.exchanges.cancel(id);
+                self.ids.release(id);
+            } else {
+                continue;
+            }
+            let upgrading = p.upgrading;
+            let built = p.local_id.is_some();
+            if !fall_back {
+                debug!(peer = %fqdn, "hole punching: our part is over");
+                self.set_state(&fqdn, if built { PeerState::Built } else { PeerState::None });
+                continue;
+            }
+            if upgrading {
+                self.fail(&fqdn, "hole punching failed".into());
+                continue;
+            }
+            info!(peer = %fqdn, "hole punching failed within {PUNCH_DEADLINE:?}: asking for a relay");
+            self.events.push_back(NodeEvent::PathNote {
+                fqdn: fqdn.clone(),
+                note: "hole punching failed: falling back to a relay".into(),
+            });
+            self.ask_dc_for(&fqdn, Ask::Relay, now);
+        }
+    }
+
+    /// Relayed tunnels ask now and then whether a direct path is possible (a move, a NAT gone);
+    /// the relayed tunnel carries the traffic until a direct one replaces it.
+    fn upgrades(&mut self, now: Now) {
+        if self.registration.is_none() {
+            return;
+        }
+        let due: Vec<String> = self
+            .peers
+            .values()
+            .filter(|p| p.path == Some(Path::Relay) && p.building.is_none() && p.local_id.is_some())
+            .filter(|p| p.upgrade_at.is_some_and(|t| t <= now.mono))
+            .map(|p| p.fqdn.clone())
+            .collect();
+        for fqdn in due {
+            if let Some(p) = self.peers.get_mut(&fqdn) {
+                p.upgrade_at = Some(now.mono + p.upgrade_wait);
+                p.upgrade_wait = (p.upgrade_wait * 2).min(UPGRADE_MAX);
+            }
+            debug!(peer = %fqdn, "asking whether a direct path is possible now");
+            self.ask_dc_for(&fqdn, Ask::Upgrade, now);
         }
     }
 

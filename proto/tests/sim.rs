@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use proto::dc::{DcConfig, DcCore};
 use proto::exchange::{Now, Transmit};
 use proto::keys::{PublicKey, SecretKey};
+use proto::msg::Path;
 use proto::node::{NodeConfig, NodeCore, NodeEvent, PeerState};
 use proto::registry::{MemRegistry, Pools, Registry};
 use proto::sim::{Endpoint, Nat, NatKind, Net, SimDc};
@@ -157,10 +158,16 @@ impl Sim {
 }
 
 fn world(loss: u64) -> Sim {
+    world_with(loss, NatKind::Restricted, NatKind::Restricted)
+}
+
+/// n1 (zone a), n2 behind a NAT of `n2_nat` (a home router in most tests) and n3 (zone b), n4
+/// (zone b) behind a NAT of `n4_nat`.
+fn world_with(loss: u64, n2_nat: NatKind, n4_nat: NatKind) -> Sim {
     let dca = SecretKey::generate();
     let dcb = SecretKey::generate();
     let keys: HashMap<&str, SecretKey> =
-        ["n1.a.test", "n2.b.test", "n3.b.test"].into_iter().map(|f| (f, SecretKey::generate())).collect();
+        ["n1.a.test", "n2.b.test", "n3.b.test", "n4.b.test"].into_iter().map(|f| (f, SecretKey::generate())).collect();
     let mk_dc = |zone: &str, secret: &SecretKey, nodes: &[&str], peer: (&str, PublicKey), pool: &str| {
         let cfg = DcConfig {
             zone: zone.into(),
@@ -175,7 +182,10 @@ fn world(loss: u64) -> Sim {
     };
     let mut dcs = HashMap::new();
     dcs.insert(sa("10.0.1.1:7500"), mk_dc("a.test", &dca, &["n1.a.test"], ("b.test", dcb.public()), "1"));
-    dcs.insert(sa("10.0.2.1:7500"), mk_dc("b.test", &dcb, &["n2.b.test", "n3.b.test"], ("a.test", dca.public()), "2"));
+    dcs.insert(
+        sa("10.0.2.1:7500"),
+        mk_dc("b.test", &dcb, &["n2.b.test", "n3.b.test", "n4.b.test"], ("a.test", dca.public()), "2"),
+    );
     let mk_node = |fqdn: &str, addr: &str, dc: &SecretKey, dc_addr: &str| Node {
         core: NodeCore::new(NodeConfig {
             fqdn: fqdn.into(),
@@ -194,6 +204,7 @@ fn world(loss: u64) -> Sim {
         ("n1.a.test", mk_node("n1.a.test", "10.1.0.1:7600", &dca, "10.0.1.1:7500")),
         ("n2.b.test", mk_node("n2.b.test", "192.168.0.2:7600", &dcb, "10.0.2.1:7500")),
         ("n3.b.test", mk_node("n3.b.test", "10.1.0.3:7600", &dcb, "10.0.2.1:7500")),
+        ("n4.b.test", mk_node("n4.b.test", "192.168.1.4:7600", &dcb, "10.0.2.1:7500")),
     ]
     .into_iter()
     .map(|(f, n)| (f.to_string(), n))
@@ -213,7 +224,13 @@ fn world(loss: u64) -> Sim {
     net.add_nat(Nat {
         inside: "192.168.0.2".parse().unwrap(),
         outside: "10.9.0.1".parse().unwrap(),
-        kind: NatKind::Restricted,
+        kind: n2_nat,
+        udp_timeout: Duration::from_secs(30),
+    });
+    net.add_nat(Nat {
+        inside: "192.168.1.4".parse().unwrap(),
+        outside: "10.9.0.4".parse().unwrap(),
+        kind: n4_nat,
         udp_timeout: Duration::from_secs(30),
     });
     let mut sim = Sim {
@@ -345,4 +362,47 @@ fn replayed_requests_get_no_answer() {
         assert!(core.poll_transmit().is_none());
     }
     assert_eq!(core.drops().malformed, 4, "{:?}", core.drops());
+}
+
+#[test]
+fn both_behind_nat_punch_holes() {
+    let mut sim = world_with(5, NatKind::Restricted, NatKind::Restricted);
+    sim.run(Duration::from_secs(10));
+    assert!(registered(&sim));
+    // Both behind routers that keep ports: the DC tells both to open at once.
+    sim.request("n2.b.test", "n4.b.test");
+    sim.run(Duration::from_secs(5));
+    assert_eq!(
+        sim.state("n2.b.test", "n4.b.test"),
+        PeerState::Built,
+        "{:?}\n{:?}",
+        sim.nodes["n2.b.test"].events,
+        sim.nodes["n4.b.test"].events
+    );
+    assert_eq!(sim.nodes["n2.b.test"].core.peer("n4.b.test").unwrap().path, Some(Path::Punched));
+    assert_eq!(sim.nodes["n2.b.test"].table.iter().next().unwrap().endpoint, sa("10.9.0.4:7600"));
+    assert_eq!(sim.nodes["n4.b.test"].table.len(), 1, "one tunnel, whoever opened first");
+    assert!(sim.ping("n2.b.test", "n4.b.test"));
+    assert!(sim.ping("n4.b.test", "n2.b.test"));
+}
+
+#[test]
+fn punching_through_port_randomizing_nats_falls_back_to_a_relay() {
+    let mut sim = world_with(0, NatKind::Symmetric, NatKind::Symmetric);
+    sim.run(Duration::from_secs(10));
+    assert!(registered(&sim));
+    let t0 = sim.net.elapsed();
+    sim.request("n2.b.test", "n4.b.test");
+    sim.run(Duration::from_secs(3));
+    // This world has no relay: the fallback is asked for within a second, and refused.
+    let n2 = &sim.nodes["n2.b.test"];
+    assert!(
+        n2.events.iter().any(|e| matches!(e, NodeEvent::PathNote { fqdn, .. } if fqdn == "n4.b.test")),
+        "{:?}",
+        n2.events
+    );
+    let err = n2.core.peer("n4.b.test").unwrap().last_error.clone().unwrap_or_default();
+    assert!(err.contains("no relay"), "{err}");
+    assert_eq!(sim.state("n2.b.test", "n4.b.test"), PeerState::None);
+    assert!(sim.net.elapsed() - t0 < Duration::from_secs(4));
 }

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use ntmd::config::DEFAULT_CONTROL_SOCKET;
 use ntmd::control::{Client, ClientError, MonitorItem, Request};
-use ntmd::status::{state_str, PathKind, Status};
+use ntmd::status::{path_str, state_str, Status};
 use proto::keys::SecretKey;
 
 #[derive(Parser)]
@@ -239,11 +239,7 @@ fn render_status(s: &Status) -> String {
                 p.fqdn.clone(),
                 dash(&p.vip),
                 state_str(p.state).to_owned(),
-                match p.path {
-                    Some(PathKind::Direct) => "direct".into(),
-                    Some(PathKind::Relay) => "relay".into(),
-                    None => "-".into(),
-                },
+                p.path.map_or("-", path_str).to_string(),
                 dash(&p.endpoint),
                 p.idle_s.map(|s| format!("{s}s")).unwrap_or_else(|| "-".into()),
             ]
@@ -369,7 +365,7 @@ mod tests {
                     vip4: Some("100.64.1.2".into()),
                     vip6: None,
                     state: PeerState::Built,
-                    path: Some(PathKind::Direct),
+                    path: Some(ntmd::status::PathKind::Direct),
                     endpoint: Some("198.18.60.2:7600".into()),
                     idle_s: Some(3),
                 },

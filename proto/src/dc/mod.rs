@@ -116,6 +116,10 @@ struct PendingRelay {
 struct Op {
     requester: NodeInfo,
     target: String,
+    /// Punching failed: relay.
+    relay_wanted: bool,
+    /// Answer only with a direct path.
+    upgrade: bool,
     waiters: Vec<Incoming>,
     /// The answer to give once the target acknowledged its route direction.
     answer: Option<DirectionAnswer>,
@@ -341,7 +345,7 @@ impl<R: Registry> DcCore<R> {
                     self.refuse(inc, ErrorCode::BadRequest, "a node cannot build a tunnel to itself".into(), now);
                     return;
                 }
-                self.start_op(inc, node_info(&record), target, now);
+                self.start_op(inc, node_info(&record), target, (d.relay, d.upgrade), now);
             }
             Request::PeerDirection(p) => {
                 let Some(zone) = self.peer_zones.get(&inc.key).cloned() else {
@@ -368,7 +372,7 @@ impl<R: Registry> DcCore<R> {
                     self.refuse(inc, ErrorCode::UnknownNode, format!("{target} is not in zone {}", self.cfg.zone), now);
                     return;
                 }
-                self.start_op(inc, p.requester, target, now);
+                self.start_op(inc, p.requester, target, (p.relay, p.upgrade), now);
             }
             Request::Route(_) | Request::Tunnel(_) | Request::Allocate(_) | Request::RelayPing | Request::Probe => {
                 self.refuse(inc, ErrorCode::BadRequest, "a DC does not take that request".into(), now);
@@ -447,9 +451,14 @@ impl<R: Registry> DcCore<R> {
         }
     }
 
-    fn start_op(&mut self, inc: Incoming, requester: NodeInfo, target: String, now: Now) {
+    fn start_op(&mut self, inc: Incoming, requester: NodeInfo, target: String, flags: (bool, bool), now: Now) {
+        let (relay_wanted, upgrade) = flags;
         // A retransmitted request joins the direction already under way.
-        if let Some(op) = self.ops.values_mut().find(|o| o.requester.fqdn == requester.fqdn && o.target == target) {
+        if let Some(op) = self
+            .ops
+            .values_mut()
+            .find(|o| o.requester.fqdn == requester.fqdn && o.target == target && (o.relay_wanted, o.upgrade) == flags)
+        {
             op.waiters.push(inc);
             return;
         }
@@ -462,6 +471,8 @@ impl<R: Registry> DcCore<R> {
             Op {
                 requester,
                 target: target.clone(),
+                relay_wanted,
+                upgrade,
                 waiters: vec![inc],
                 answer: None,
                 relay: None,
@@ -493,7 +504,14 @@ impl<R: Registry> DcCore<R> {
         let Some(dst) = record.observed else {
             return self.finish(id, err(ErrorCode::NotRegistered, format!("{target} has no known address")), now);
         };
-        match path::choose(&requester, &tinfo) {
+        let mut choice = path::choose(&requester, &tinfo);
+        if op.relay_wanted {
+            choice = path::relay_instead(choice);
+        }
+        if op.upgrade && !matches!(choice, Choice::Direct { .. } | Choice::Punch { .. }) {
+            return self.finish(id, err(ErrorCode::NoPath, format!("no direct path to {target} yet")), now);
+        }
+        match choice {
             Choice::None => {
                 self.finish(id, err(ErrorCode::NoPath, format!("{} or {target} has no address", requester.fqdn)), now)
             }
@@ -511,6 +529,24 @@ impl<R: Registry> DcCore<R> {
                     endpoint: to_target,
                     path: Path::Direct,
                     requester_initiates,
+                    relay: None,
+                };
+                self.send_route(id, dst, PublicKey(record.public_key), route, answer, now);
+            }
+            Choice::Punch { to_target, to_requester } => {
+                info!(requester = %requester.fqdn, %target, path = "punched", "direction: both behind NAT, both open at once");
+                let route = RouteDirection {
+                    peer: requester,
+                    endpoint: to_requester,
+                    path: Path::Punched,
+                    you_initiate: true,
+                    relay: None,
+                };
+                let answer = DirectionAnswer {
+                    peer: tinfo,
+                    endpoint: to_target,
+                    path: Path::Punched,
+                    requester_initiates: true,
                     relay: None,
                 };
                 self.send_route(id, dst, PublicKey(record.public_key), route, answer, now);
@@ -725,7 +761,12 @@ impl<R: Registry> DcCore<R> {
         let Some(dst) = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied() else {
             return self.finish(id, err(ErrorCode::Unavailable, format!("zone {zone}'s DC has no address")), now);
         };
-        let req = Request::PeerDirection(PeerDirectionRequest { requester: op.requester.clone(), target });
+        let req = Request::PeerDirection(PeerDirectionRequest {
+            requester: op.requester.clone(),
+            target,
+            relay: op.relay_wanted,
+            upgrade: op.upgrade,
+        });
         let xid = self.ids.alloc();
         match self.exchanges.start(Tag::Peer(id), xid, dst, key, req, &self.cfg.secret, &mut self.ts, now) {
             Ok(t) => self.transmits.push_back(t),

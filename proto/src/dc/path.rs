@@ -1,8 +1,9 @@
 //! How two nodes reach each other, from what their DCs know of them: the direction policy.
 //!
 //! In order: a common address family with at most one side behind a NAT that filters → direct
-//! (the filtered side opens, else the requester); both behind such NATs, or no common family →
-//! through a relay, each side in its own family.
+//! (the filtered side opens, else the requester); both behind such NATs → hole punching (both
+//! open at once), and a relay if that fails; no common family → through a relay, each side in
+//! its own family.
 
 use std::net::SocketAddr;
 
@@ -19,6 +20,13 @@ pub enum Choice {
         to_requester: SocketAddr,
         /// The requester opens (else the target, towards the requester).
         requester_initiates: bool,
+    },
+    /// Both behind NATs that filter: both open at once, each toward the other's mapping.
+    Punch {
+        /// Where the requester sends to reach the target.
+        to_target: SocketAddr,
+        /// Where the target sends to reach the requester.
+        to_requester: SocketAddr,
     },
     /// Through a relay: each side reaches it over the family given (true: IPv4).
     Relay {
@@ -47,6 +55,18 @@ fn common_family(requester: &NodeInfo, target: &NodeInfo) -> Option<(SocketAddr,
     })
 }
 
+/// The relay to fall back on when punching failed: both sides in the family they punched in.
+pub fn relay_instead(c: Choice) -> Choice {
+    match c {
+        Choice::Punch { to_target, to_requester } => Choice::Relay {
+            requester_v4: is_v4(&to_requester),
+            target_v4: is_v4(&to_target),
+            why: "both behind NAT and hole punching failed",
+        },
+        other => other,
+    }
+}
+
 /// The direction policy (see the module's documentation).
 pub fn choose(requester: &NodeInfo, target: &NodeInfo) -> Choice {
     let (Some(r), Some(t)) = (requester.endpoints.first(), target.endpoints.first()) else {
@@ -56,9 +76,7 @@ pub fn choose(requester: &NodeInfo, target: &NodeInfo) -> Choice {
         return Choice::Relay { requester_v4: is_v4(r), target_v4: is_v4(t), why: "no common address family" };
     };
     match (requester.nat, target.nat) {
-        (true, true) => {
-            Choice::Relay { requester_v4: is_v4(&to_requester), target_v4: is_v4(&to_target), why: "both behind NAT" }
-        }
+        (true, true) => Choice::Punch { to_target, to_requester },
         (false, true) => Choice::Direct { to_target, to_requester, requester_initiates: false },
         _ => Choice::Direct { to_target, to_requester, requester_initiates: true },
     }
@@ -89,10 +107,9 @@ mod tests {
         assert!(matches!(choose(&v4, &v4), Choice::Direct { requester_initiates: true, .. }));
         assert!(matches!(choose(&v4, &nat_a), Choice::Direct { requester_initiates: false, .. }));
         assert!(matches!(choose(&nat_a, &v4), Choice::Direct { requester_initiates: true, .. }));
-        assert_eq!(
-            choose(&nat_a, &nat_b),
-            Choice::Relay { requester_v4: true, target_v4: true, why: "both behind NAT" }
-        );
+        let punch = choose(&nat_a, &nat_b);
+        assert!(matches!(punch, Choice::Punch { .. }));
+        assert!(matches!(relay_instead(punch), Choice::Relay { requester_v4: true, target_v4: true, .. }));
         assert_eq!(
             choose(&v4, &v6),
             Choice::Relay { requester_v4: true, target_v4: false, why: "no common address family" }
