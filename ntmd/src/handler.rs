@@ -323,6 +323,7 @@ impl Handler {
                 self.wanted_vips = (vip4, vip6);
                 // Peers follow authenticated packets: tell them where this node is now.
                 self.dataplane.send_keepalives(None);
+                info!("keepalives sent on every tunnel after the registration changed");
                 let _ = self.events.send(Event::Registered {
                     vip4: vip4.map(|v| v.to_string()),
                     vip6: vip6.map(|v| v.to_string()),
