@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
         let again = match p {
             Packet::Init { sender, noise } => wire::encode_init(sender, noise),
             Packet::Resp { sender, receiver, noise } => wire::encode_resp(sender, receiver, noise),
-            Packet::Data { .. } | Packet::Bind { .. } => data.to_vec(),
+            Packet::Data { .. } | Packet::Bind { .. } | Packet::Cookie { .. } => data.to_vec(),
         };
         assert_eq!(Packet::parse(&again).unwrap(), p);
     }

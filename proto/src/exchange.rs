@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::cookie;
 use crate::data::TunnelKeys;
 use crate::keys::{PublicKey, SecretKey};
 use crate::msg::{self, ErrorCode, ErrorReply, Request, Response};
@@ -130,6 +131,8 @@ struct Pending<T> {
     attempt: u32,
     next_at: Instant,
     first_sent: Instant,
+    /// The `mac1` of the last initiation sent: a cookie reply to it is bound to it.
+    mac1: [u8; cookie::MAC_LEN],
 }
 
 /// A finished exchange, from the initiator's side.
@@ -167,14 +170,32 @@ pub struct Failed<T> {
 #[derive(Debug)]
 pub struct Initiator<T> {
     pending: HashMap<u32, Pending<T>>,
+    /// Cookies responders under load gave us, by their address, with when they came.
+    cookies: HashMap<SocketAddr, ([u8; cookie::MAC_LEN], Instant)>,
     /// The retransmission schedule of every request started here.
     pub backoff: Backoff,
 }
 
 impl<T> Default for Initiator<T> {
     fn default() -> Self {
-        Self { pending: HashMap::new(), backoff: Backoff::default() }
+        Self::with_backoff(Backoff::default())
     }
+}
+
+/// Message 1 of a fresh handshake with `remote`, as the initiation datagram from `id` with its
+/// MACs; returns the state, the datagram and its `mac1`.
+fn initiation(
+    id: u32,
+    local: &SecretKey,
+    remote: &PublicKey,
+    request: &Request,
+    ts: u64,
+    cookie: Option<&[u8; cookie::MAC_LEN]>,
+) -> Result<(Handshake, Vec<u8>, [u8; cookie::MAC_LEN]), noise::NoiseError> {
+    let (hs, m1) = noise::initiate(local, remote, &msg::encode(ts, request))?;
+    let mut payload = wire::encode_init(id, &m1);
+    let mac1 = cookie::seal_init(&mut payload, &cookie::PeerKeys::new(remote), cookie);
+    Ok((hs, payload, mac1))
 }
 
 /// Why a response was dropped.
@@ -194,7 +215,37 @@ pub enum ExchangeError {
 impl<T> Initiator<T> {
     /// No request outstanding; every request retransmitted on `backoff`.
     pub fn with_backoff(backoff: Backoff) -> Self {
-        Self { pending: HashMap::new(), backoff }
+        Self { pending: HashMap::new(), cookies: HashMap::new(), backoff }
+    }
+
+    /// The cookie `dst` gave us, while it is fresh.
+    fn cookie(&self, dst: SocketAddr, now: Instant) -> Option<[u8; cookie::MAC_LEN]> {
+        self.cookies
+            .get(&dst)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < cookie::COOKIE_LIFE)
+            .map(|(c, _)| *c)
+    }
+
+    /// A cookie reply came from `from` (`packet` whole): if it answers one of our initiations,
+    /// keep the cookie and send that initiation again at once, with it.
+    pub fn on_cookie(
+        &mut self,
+        packet: &[u8],
+        from: SocketAddr,
+        local: &SecretKey,
+        ts: &mut TsSource,
+        now: Now,
+    ) -> Option<Transmit> {
+        let id = cookie::cookie_receiver(packet)?;
+        let p = self.pending.get(&id).filter(|p| p.dst == from)?;
+        let c = cookie::open_cookie(packet, &cookie::PeerKeys::new(&p.remote), &p.mac1)?;
+        self.cookies.retain(|_, (_, at)| now.mono.saturating_duration_since(*at) < cookie::COOKIE_LIFE);
+        self.cookies.insert(from, (c, now.mono));
+        let p = self.pending.get_mut(&id).expect("present");
+        let (hs, payload, mac1) = initiation(id, local, &p.remote, &p.request, ts.next(now.unix_us), Some(&c)).ok()?;
+        p.hs = hs;
+        p.mac1 = mac1;
+        Some(Transmit { dst: p.dst, payload })
     }
 
     /// Sends `request` to `dst`, whose static key is `remote`.
@@ -210,10 +261,12 @@ impl<T> Initiator<T> {
         ts: &mut TsSource,
         now: Now,
     ) -> Result<Transmit, noise::NoiseError> {
-        let (hs, m1) = noise::initiate(local, &remote, &msg::encode(ts.next(now.unix_us), &request))?;
+        let c = self.cookie(dst, now.mono);
+        let (hs, payload, mac1) = initiation(id, local, &remote, &request, ts.next(now.unix_us), c.as_ref())?;
         let next_at = now.mono + self.backoff.initial;
-        self.pending.insert(id, Pending { tag, dst, remote, request, hs, attempt: 0, next_at, first_sent: now.mono });
-        Ok(Transmit { dst, payload: wire::encode_init(id, &m1) })
+        self.pending
+            .insert(id, Pending { tag, dst, remote, request, hs, attempt: 0, next_at, first_sent: now.mono, mac1 });
+        Ok(Transmit { dst, payload })
     }
 
     /// Handles a handshake response addressed to `receiver`.
@@ -259,23 +312,22 @@ impl<T> Initiator<T> {
         let due: Vec<u32> = self.pending.iter().filter(|(_, p)| p.next_at <= now.mono).map(|(id, _)| *id).collect();
         let (mut out, mut failed) = (Vec::new(), Vec::new());
         for id in due {
+            let c = self.pending.get(&id).and_then(|p| self.cookie(p.dst, now.mono));
             let p = self.pending.get_mut(&id).expect("present");
             match self.backoff.delay(p.attempt) {
-                Some(d) => {
-                    let payload = msg::encode(ts.next(now.unix_us), &p.request);
-                    match noise::initiate(local, &p.remote, &payload) {
-                        Ok((hs, m1)) => {
-                            p.hs = hs;
-                            p.attempt += 1;
-                            p.next_at = now.mono + d;
-                            out.push(Transmit { dst: p.dst, payload: wire::encode_init(id, &m1) });
-                        }
-                        Err(_) => {
-                            let p = self.pending.remove(&id).expect("present");
-                            failed.push(Failed { tag: p.tag, id, dst: p.dst });
-                        }
+                Some(d) => match initiation(id, local, &p.remote, &p.request, ts.next(now.unix_us), c.as_ref()) {
+                    Ok((hs, payload, mac1)) => {
+                        p.hs = hs;
+                        p.mac1 = mac1;
+                        p.attempt += 1;
+                        p.next_at = now.mono + d;
+                        out.push(Transmit { dst: p.dst, payload });
                     }
-                }
+                    Err(_) => {
+                        let p = self.pending.remove(&id).expect("present");
+                        failed.push(Failed { tag: p.tag, id, dst: p.dst });
+                    }
+                },
                 None => {
                     let p = self.pending.remove(&id).expect("present");
                     failed.push(Failed { tag: p.tag, id, dst: p.dst });

@@ -2,6 +2,7 @@
 //! direction and tunnel setup. Callers feed it bytes and the current time; it returns bytes to
 //! send and things to do.
 
+pub mod cookie;
 pub mod data;
 pub mod dc;
 pub mod dns;

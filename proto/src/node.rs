@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use crate::cookie::{Guard, Limits};
 use crate::data::TunnelKeys;
 use crate::exchange::{self, Ids, Initiator, Now, Transmit, TsFilter, TsSource};
 use crate::keys::{PublicKey, SecretKey};
@@ -302,6 +303,8 @@ pub struct NodeCore {
     peers: HashMap<String, Peer>,
     vouches: HashMap<PublicKey, Vouch>,
     bindings: HashMap<u32, Binding>,
+    /// Checks initiations before any handshake work (MACs, load, cookies, replays).
+    guard: Guard,
     /// When the next NAT keepalive is due (only while behind a NAT that filters).
     nat_keepalive: Option<Instant>,
     exchanges: Initiator<(Tag, String)>,
@@ -321,6 +324,7 @@ impl NodeCore {
     /// gives it the node's addresses.
     pub fn new(cfg: NodeConfig) -> Self {
         Self {
+            guard: Guard::new(&cfg.secret.public(), Limits::default()),
             cfg,
             local_addrs: Vec::new(),
             dc_index: 0,
@@ -590,7 +594,17 @@ impl NodeCore {
     /// A handshake datagram arrived (data packets belong to the data plane).
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Now) {
         match Packet::parse(data) {
-            Ok(Packet::Init { sender, noise }) => self.on_init(from, sender, noise, now),
+            Ok(Packet::Init { sender, noise }) => match self.drops.guard(self.guard.check(from, data, now.mono)) {
+                None => self.on_init(from, sender, noise, now),
+                Some(Some(payload)) => self.transmits.push_back(Transmit { dst: from, payload }),
+                Some(None) => {}
+            },
+            Ok(Packet::Cookie { .. }) => {
+                match self.exchanges.on_cookie(data, from, &self.cfg.secret, &mut self.ts, now) {
+                    Some(t) => self.transmits.push_back(t),
+                    None => self.drops.unexpected += 1,
+                }
+            }
             Ok(Packet::Resp { sender, receiver, noise }) => {
                 match self.exchanges.on_response(sender, receiver, noise, from, now) {
                     Ok(done) => self.on_completed(done, now),

@@ -14,22 +14,52 @@ pub struct Drops {
     pub replayed: u64,
     /// A response to no outstanding request, or a packet of the wrong kind.
     pub unexpected: u64,
+    /// A handshake initiation under load from a source that used its share of handshake work
+    /// (see [`crate::cookie`]).
+    #[serde(default)]
+    pub limited: u64,
+    /// Cookie replies sent instead of handshake work, under load.
+    #[serde(default)]
+    pub cookies_sent: u64,
 }
 
 impl Drops {
     /// Each cause with its count, as metrics label them.
-    pub fn by_cause(&self) -> [(&'static str, u64); 4] {
+    pub fn by_cause(&self) -> [(&'static str, u64); 6] {
         [
             ("malformed", self.malformed),
             ("unauthorized", self.unauthorized),
             ("replayed", self.replayed),
             ("unexpected", self.unexpected),
+            ("rate_limited", self.limited),
+            ("cookie_sent", self.cookies_sent),
         ]
     }
 
     /// Drops of every cause together.
     pub fn total(&self) -> u64 {
-        self.malformed + self.unauthorized + self.replayed + self.unexpected
+        self.malformed + self.unauthorized + self.replayed + self.unexpected + self.limited + self.cookies_sent
+    }
+
+    /// Counts what a [`crate::cookie::Guard`] said about an initiation; returns the cookie reply
+    /// to send, or `None` when the initiation goes on to the handshake (`Some(None)`: dropped).
+    pub fn guard(&mut self, v: crate::cookie::Verdict) -> Option<Option<Vec<u8>>> {
+        use crate::cookie::{Verdict, Why};
+        match v {
+            Verdict::Accept => None,
+            Verdict::Cookie(reply) => {
+                self.cookies_sent += 1;
+                Some(Some(reply))
+            }
+            Verdict::Drop(why) => {
+                match why {
+                    Why::Short | Why::BadMac1 => self.malformed += 1,
+                    Why::Replay => self.replayed += 1,
+                    Why::RateLimited => self.limited += 1,
+                }
+                Some(None)
+            }
+        }
     }
 }
 
@@ -82,7 +112,10 @@ mod tests {
     #[test]
     fn drops_read_as_a_line() {
         let d = Drops { malformed: 3, replayed: 1, ..Drops::default() };
-        assert_eq!(d.to_string(), "malformed 3, unauthorized 0, replayed 1, unexpected 0");
+        assert_eq!(
+            d.to_string(),
+            "malformed 3, unauthorized 0, replayed 1, unexpected 0, rate_limited 0, cookie_sent 0"
+        );
     }
 
     #[test]

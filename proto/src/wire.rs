@@ -1,7 +1,8 @@
 //! The outer framing of every datagram on an NTM port. The first byte tells the kind:
 //!
 //! ```text
-//! handshake init  | 1 | ver | 0 0 | sender u32 LE |                 | noise IK message 1
+//! handshake init  | 1 | ver | 0 0 | sender u32 LE |                 | noise IK message 1 | mac1 16 | mac2 16
+//! cookie reply    | 3 | ver | 0 0 | receiver u32 LE | nonce 24       | XChaCha20-Poly1305(cookie) + tag
 //! handshake resp  | 2 | ver | 0 0 | sender u32 LE | receiver u32 LE | noise IK message 2
 //! data            | 4 | 0 0 0     | receiver u32 LE | counter u64 LE | ChaCha20-Poly1305(payload) + tag
 //! relay bind      | 5 | ver | 0 0 | id u32 LE       | ts u64 LE      | HMAC-SHA256(bind key, first 16)[..16]
@@ -15,6 +16,9 @@
 pub const TYPE_INIT: u8 = 1;
 /// First byte of a handshake response (Noise message 2, carrying the response).
 pub const TYPE_RESP: u8 = 2;
+/// First byte of a cookie reply: a responder under load asks the initiator to prove its
+/// address (see [`crate::cookie`]).
+pub const TYPE_COOKIE: u8 = 3;
 /// First byte of a tunnel data packet.
 pub const TYPE_DATA: u8 = 4;
 /// First byte of a relay bind: a node tells the relay where its side of a session is.
@@ -37,6 +41,8 @@ pub const DATA_HEADER: usize = 16;
 pub const TAG_LEN: usize = 16;
 /// Bytes a data packet adds around the inner IP packet (without the outer IP and UDP headers).
 pub const DATA_OVERHEAD: usize = DATA_HEADER + TAG_LEN;
+pub use crate::cookie::{COOKIE_REPLY_LEN, MACS_LEN};
+
 /// Largest signaling datagram accepted or sent.
 pub const MAX_SIGNALING: usize = 1400;
 
@@ -70,8 +76,13 @@ pub enum Packet<'a> {
     Init {
         /// The initiator's id for this exchange; the response is addressed to it.
         sender: u32,
-        /// Noise IK message 1.
+        /// Noise IK message 1 (without the two MACs that follow it).
         noise: &'a [u8],
+    },
+    /// A cookie reply to the initiation of `receiver` (checked by [`crate::cookie`]).
+    Cookie {
+        /// The initiation's sender id.
+        receiver: u32,
     },
     /// A handshake response.
     Resp {
@@ -116,11 +127,18 @@ impl<'a> Packet<'a> {
     pub fn parse(b: &'a [u8]) -> Result<Self, WireError> {
         match *b.first().ok_or(WireError::Empty)? {
             TYPE_INIT => {
-                if b.len() < INIT_HEADER + 32 {
+                if b.len() < INIT_HEADER + 32 + MACS_LEN {
                     return Err(WireError::Truncated("handshake init"));
                 }
                 Self::check_sig_header(b)?;
-                Ok(Packet::Init { sender: u32_at(b, 4), noise: &b[INIT_HEADER..] })
+                Ok(Packet::Init { sender: u32_at(b, 4), noise: &b[INIT_HEADER..b.len() - MACS_LEN] })
+            }
+            TYPE_COOKIE => {
+                if b.len() != COOKIE_REPLY_LEN {
+                    return Err(WireError::Truncated("cookie reply"));
+                }
+                Self::check_sig_header(b)?;
+                Ok(Packet::Cookie { receiver: u32_at(b, 4) })
             }
             TYPE_RESP => {
                 if b.len() < RESP_HEADER + 32 {
@@ -165,12 +183,14 @@ impl<'a> Packet<'a> {
     }
 }
 
-/// A handshake initiation from `sender` carrying Noise message 1.
+/// A handshake initiation from `sender` carrying Noise message 1, with room for its two MACs
+/// (zeros here: [`crate::cookie::seal_init`] fills them).
 pub fn encode_init(sender: u32, noise: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(INIT_HEADER + noise.len());
+    let mut v = Vec::with_capacity(INIT_HEADER + noise.len() + MACS_LEN);
     v.extend_from_slice(&[TYPE_INIT, VERSION, 0, 0]);
     v.extend_from_slice(&sender.to_le_bytes());
     v.extend_from_slice(noise);
+    v.extend_from_slice(&[0; MACS_LEN]);
     v
 }
 
@@ -216,7 +236,7 @@ mod tests {
         let mut i = encode_init(1, &[0; 40]);
         i[1] = 9;
         assert_eq!(Packet::parse(&i), Err(WireError::Version(9)));
-        assert_eq!(Packet::parse(&encode_init(1, &[0; 2000])), Err(WireError::TooLarge(2008)));
+        assert_eq!(Packet::parse(&encode_init(1, &[0; 2000])), Err(WireError::TooLarge(2040)));
         let mut d = vec![0u8; DATA_OVERHEAD];
         write_data_header(&mut d, 1, 1);
         d[2] = 1;

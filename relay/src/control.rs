@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use proto::cookie::{Guard, Limits, Verdict, Why};
 use proto::exchange::{self, Now, Transmit, TsFilter, TsSource};
 use proto::keys::{PublicKey, SecretKey};
 use proto::msg::{Allocated, ErrorCode, RelayLoad, Request, Response};
@@ -26,11 +27,17 @@ pub struct ControlCounters {
     pub unauthenticated: u64,
     /// Requests from a DC that were replays.
     pub replayed: u64,
+    /// Under load: cookie replies sent instead of handshake work, and initiations dropped by
+    /// the per-source limit.
+    pub cookies: u64,
+    /// Under load, initiations over a source's share.
+    pub limited: u64,
 }
 
 /// The relay's signaling core.
 pub struct Control {
     secret: SecretKey,
+    guard: Guard,
     dcs: HashMap<PublicKey, String>,
     ts: TsSource,
     ts_filter: TsFilter,
@@ -43,6 +50,7 @@ impl Control {
     /// A control core for the relay's key and its DCs.
     pub fn new(secret: SecretKey, dcs: &[DcConfig]) -> Self {
         Self {
+            guard: Guard::new(&secret.public(), Limits::default()),
             secret,
             dcs: dcs.iter().map(|d| (d.public_key, d.name.clone())).collect(),
             ts: TsSource::default(),
@@ -58,6 +66,26 @@ impl Control {
             self.counters.unauthenticated += 1;
             return None;
         };
+        // MACs, load, cookies and replays before any handshake work.
+        match self.guard.check(from, b, now.mono) {
+            Verdict::Accept => {}
+            Verdict::Cookie(payload) => {
+                self.counters.cookies += 1;
+                return Some(Transmit { dst: from, payload });
+            }
+            Verdict::Drop(Why::RateLimited) => {
+                self.counters.limited += 1;
+                return None;
+            }
+            Verdict::Drop(Why::Replay) => {
+                self.counters.replayed += 1;
+                return None;
+            }
+            Verdict::Drop(_) => {
+                self.counters.unauthenticated += 1;
+                return None;
+            }
+        }
         let inc = match exchange::accept(&self.secret, from, sender, noise) {
             Ok(inc) => inc,
             Err(_) => {

@@ -68,6 +68,16 @@ fn render(s: &Shared) -> String {
         c.unauthenticated,
     );
     p.counter("ntm_relay_control_replayed_total", "Replayed DC requests, dropped.", c.replayed);
+    p.counter(
+        "ntm_relay_control_cookies_total",
+        "Cookie replies sent under load instead of handshake work.",
+        c.cookies,
+    );
+    p.counter(
+        "ntm_relay_control_rate_limited_total",
+        "Initiations over a source's share under load, dropped.",
+        c.limited,
+    );
     p.encode()
 }
 

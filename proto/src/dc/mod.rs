@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use crate::cookie::{Guard, Limits};
 use crate::exchange::{self, Backoff, Ids, Incoming, Initiator, Now, Transmit, TsFilter, TsSource};
 use crate::keys::{PublicKey, SecretKey};
 use crate::msg::{
@@ -149,6 +150,8 @@ pub struct DcCore<R> {
     /// Nodes with a probe under way.
     probing: std::collections::HashSet<String>,
     probe_transmits: VecDeque<Transmit>,
+    /// Checks initiations before any handshake work (MACs, load, cookies, replays).
+    guard: Guard,
     ids: Ids,
     ts: TsSource,
     ts_filter: TsFilter,
@@ -171,7 +174,9 @@ impl<R: Registry> DcCore<R> {
         let by_key = cfg.enrolled.iter().map(|(f, k)| (*k, f.clone())).collect();
         let peer_zones = cfg.peers.iter().map(|(z, k)| (*k, z.clone())).collect();
         let relays = Relays::new(cfg.relays.clone());
+        let guard = Guard::new(&cfg.secret.public(), Limits::default());
         Self {
+            guard,
             cfg,
             by_key,
             peer_zones,
@@ -230,6 +235,19 @@ impl<R: Registry> DcCore<R> {
     /// a valid request or an expected response is dropped and counted in [`DcCore::drops`].
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Now) {
         match Packet::parse(data) {
+            Ok(Packet::Init { .. }) if self.guarded(from, data, now) => {}
+            Ok(Packet::Cookie { .. }) => {
+                let s = &self.cfg.secret;
+                if let Some(t) = self.exchanges.on_cookie(data, from, s, &mut self.ts, now) {
+                    self.transmits.push_back(t);
+                } else if let Some(t) = self.relay_x.on_cookie(data, from, s, &mut self.ts, now) {
+                    self.transmits.push_back(t);
+                } else if let Some(t) = self.probes.on_cookie(data, from, s, &mut self.ts, now) {
+                    self.probe_transmits.push_back(t);
+                } else {
+                    self.drops.unexpected += 1;
+                }
+            }
             Ok(Packet::Init { sender, noise }) => match exchange::accept(&self.cfg.secret, from, sender, noise) {
                 Ok(inc) => self.on_request(inc, now),
                 Err(e) => {
@@ -285,6 +303,19 @@ impl<R: Registry> DcCore<R> {
             Err(e) => {
                 self.drops.malformed += 1;
                 debug!(%from, "dropped datagram: {e}");
+            }
+        }
+    }
+
+    /// Runs an initiation past the guard; true if it was dropped or answered with a cookie.
+    fn guarded(&mut self, from: SocketAddr, data: &[u8], now: Now) -> bool {
+        match self.drops.guard(self.guard.check(from, data, now.mono)) {
+            None => false,
+            Some(reply) => {
+                if let Some(payload) = reply {
+                    self.transmits.push_back(Transmit { dst: from, payload });
+                }
+                true
             }
         }
     }
