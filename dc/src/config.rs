@@ -263,6 +263,13 @@ impl Load for Config {
             if nodes.iter().any(|o| o.fqdn == fqdn) {
                 return Err(err(format!("duplicate node {fqdn:?}")));
             }
+            if let Some(o) = nodes.iter().find(|o| o.public_key == public_key) {
+                let msg = format!("the same key as node {:?}: each node has its own", o.fqdn);
+                return Err(src.bad(&key("public_key"), &n.public_key, msg));
+            }
+            if public_key == private_key.public() {
+                return Err(src.bad(&key("public_key"), &n.public_key, "is the DC's own key"));
+            }
             if let Some(r) = &n.nps {
                 if !nps.iter().any(|o| o.name == *r.get_ref()) {
                     let msg = format!("no [[nps]] is named {:?}", r.get_ref());
@@ -282,6 +289,13 @@ impl Load for Config {
             }
             if peers.iter().any(|o| o.zone == pzone) {
                 return Err(err(format!("duplicate peer zone {pzone:?}")));
+            }
+            let key_err = |msg: &str| src.bad(&format!("peers[{i}].public_key"), &p.public_key, msg);
+            if public_key == private_key.public() {
+                return Err(key_err("is this DC's own key"));
+            }
+            if peers.iter().any(|o| o.public_key == public_key) || nodes.iter().any(|o| o.public_key == public_key) {
+                return Err(key_err("is already another peer's or a node's key"));
             }
             peers.push(PeerConfig { zone: pzone, public_key });
         }
@@ -515,6 +529,15 @@ mod tests {
         let listen = "listen = [\"198.18.40.2:7500\", \"0.0.0.0:7501\"]";
         let ipv4 = "ipv4 = \"100.64.40.0/24\"";
         check(minimal().replace("zone = \"home.ntm.test\"", "zone = \"\""), "zone", Some(1));
+        let pk = SecretKey::generate().public().to_base64();
+        let two = format!(
+            "{}[[nodes]]\nfqdn = \"a.home.ntm.test\"\npublic_key = \"{pk}\"\n[[nodes]]\nfqdn = \"b.home.ntm.test\"\npublic_key = \"{pk}\"\n",
+            minimal()
+        );
+        check(two, "nodes[1].public_key", Some(15));
+        let zeros =
+            format!("{}[[nodes]]\nfqdn = \"a.home.ntm.test\"\npublic_key = \"{}\"\n", minimal(), "A".repeat(43) + "=");
+        check(zeros, "nodes[0].public_key", Some(12));
         check(minimal().replace("\"dc.home.ntm.test\"", "\"a b\""), "name", Some(2));
         check(minimal().replace(listen, "listen = []"), "listen", Some(4));
         check(minimal().replace(listen, "listen = [\"0.0.0.0:7500\"]"), "addresses", Some(4));

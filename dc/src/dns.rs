@@ -483,14 +483,14 @@ resolver = "198.18.0.53:53"
 ipv4 = "100.64.40.0/24"
 [[nodes]]
 fqdn = "rpi.home.ntm.test"
-public_key = "{KEY}"
+public_key = "NHGdeqw/U1FvzVTwSnDrb6B55MoPM/ALuGfHcdzbfHY="
 nps = "nps"
 [[nodes]]
 fqdn = "tv.home.ntm.test"
-public_key = "{KEY}"
+public_key = "/0qb1qGR5WG9OipyoyZHS4tInm9or1Yq3ot6rjv63xo="
 [[nodes]]
 fqdn = "cam.lab.home.ntm.test"
-public_key = "{KEY}"
+public_key = "pkXKePxSfIWDi0AaLvPP4afMywYbgJGFbNmbZMriSkU="
 nps = "nps"
 [[nps]]
 name = "nps"

@@ -14,6 +14,10 @@ pub enum KeyError {
     /// Valid base64, but of this many bytes instead of 32.
     #[error("a key is 32 bytes, this one is {0}")]
     Length(usize),
+    /// A point of small order (all zeros, say): every Diffie-Hellman with it gives the same
+    /// result, whoever the other side is. No real key is one.
+    #[error("not a usable public key (a point of small order)")]
+    LowOrder,
 }
 
 /// A public key: the identity of a node or a DC.
@@ -30,9 +34,21 @@ fn decode32(s: &str) -> Result<[u8; 32], KeyError> {
 }
 
 impl PublicKey {
-    /// Reads a key written as standard base64 of 32 bytes (surrounding whitespace ignored).
+    /// Reads a key written as standard base64 of 32 bytes (surrounding whitespace ignored);
+    /// refuses points of small order.
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        decode32(s).map(Self)
+        let k = Self(decode32(s)?);
+        if !k.is_usable() {
+            return Err(KeyError::LowOrder);
+        }
+        Ok(k)
+    }
+
+    /// False for a point of small order: a Diffie-Hellman with it does not depend on the other
+    /// side's secret (it is all zeros).
+    pub fn is_usable(&self) -> bool {
+        let probe = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+        probe.diffie_hellman(&x25519_dalek::PublicKey::from(self.0)).was_contributory()
     }
     /// The key as standard base64 (44 characters), as configuration files hold it.
     pub fn to_base64(&self) -> String {
@@ -99,5 +115,11 @@ mod tests {
         assert_eq!(back.public(), s.public());
         assert_eq!(PublicKey::from_base64("AAAA"), Err(KeyError::Length(3)));
         assert_eq!(PublicKey::from_base64("!!"), Err(KeyError::Base64));
+        let zeros = B64.encode([0u8; 32]);
+        assert_eq!(PublicKey::from_base64(&zeros), Err(KeyError::LowOrder));
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert_eq!(PublicKey::from_base64(&B64.encode(one)), Err(KeyError::LowOrder));
+        assert!(PublicKey::from_base64(&s.public().to_base64()).is_ok());
     }
 }

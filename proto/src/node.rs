@@ -916,6 +916,21 @@ impl NodeCore {
         path: Path,
         now: Now,
     ) {
+        // A VIP belongs to one live tunnel: a peer whose DCs vouch for a VIP that another peer's
+        // live tunnel carries does not get it (a DC lying, or two DCs at odds).
+        let clash = self.peers.values().find(|o| {
+            o.fqdn != fqdn
+                && o.local_id.is_some()
+                && ((info.vip4.is_some() && o.vip4 == info.vip4) || (info.vip6.is_some() && o.vip6 == info.vip6))
+        });
+        if let Some(o) = clash {
+            let why = format!("its VIP belongs to {}'s live tunnel", o.fqdn);
+            warn!(peer = fqdn, vip4 = ?info.vip4, vip6 = ?info.vip6, "refusing a tunnel: {why}");
+            self.ids.release(local_id);
+            self.bindings.remove(&local_id);
+            self.fail(fqdn, why);
+            return;
+        }
         let p = self.peers.entry(fqdn.to_string()).or_insert_with(|| Peer::new(fqdn));
         p.punch_deadline = None;
         p.upgrading = false;

@@ -823,7 +823,14 @@ impl<R: Registry> DcCore<R> {
                 self.finish(id, r, now);
             }
             Tag::Peer(id) => {
+                let target = self.ops.get(&id).map(|o| o.target.clone()).unwrap_or_default();
                 let r = match response {
+                    // A peer DC speaks only for the node it was asked about, in its own zone.
+                    Response::Direction(a) if normalize(&a.peer.fqdn) != target => {
+                        warn!(%target, answered = %a.peer.fqdn, "a peer DC answered for another name: refused");
+                        self.drops.unauthorized += 1;
+                        err(ErrorCode::Unavailable, "the peer DC answered for another name".into())
+                    }
                     r @ (Response::Direction(_) | Response::Error(_)) => r,
                     _ => err(ErrorCode::Unavailable, "the peer DC answered strangely".into()),
                 };
