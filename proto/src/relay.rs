@@ -4,11 +4,12 @@
 //!
 //! A relay session has two sides, each with a relay-unique id that is also the node's local id for
 //! the tunnel. Handshakes are forwarded by their sender id (the side that sent them), data by its
-//! receiver id (the side it goes to); both ids sit at offset 4. The relay never decrypts.
+//! receiver id (the side it goes to), a cookie reply by its receiver like data; all these ids
+//! sit at offset 4. The relay never decrypts.
 
 use ring::hmac;
 
-use crate::wire::{BIND_LEN, TYPE_BIND, TYPE_BIND_ACK, TYPE_DATA, TYPE_INIT, TYPE_RESP, VERSION};
+use crate::wire::{BIND_LEN, TYPE_BIND, TYPE_BIND_ACK, TYPE_COOKIE, TYPE_DATA, TYPE_INIT, TYPE_RESP, VERSION};
 
 /// The key of one side's binds: HMAC-SHA256, truncated to 16 bytes on the wire.
 #[derive(Clone)]
@@ -76,8 +77,9 @@ pub fn route(b: &[u8]) -> Route {
     let id = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
     match b[0] {
         TYPE_INIT | TYPE_RESP => Route::FromSide(id),
-        TYPE_DATA => Route::ToSide(id),
-        TYPE_BIND if b.len() == BIND_LEN => Route::Bind(id),
+        // A cookie reply goes back to the initiation's sender, like data to its receiver.
+        TYPE_DATA | TYPE_COOKIE => Route::ToSide(id),
+        TYPE_BIND if b.len() == BIND_LEN && b[1] == VERSION && b[2..4] == [0, 0] => Route::Bind(id),
         _ => Route::Drop,
     }
 }

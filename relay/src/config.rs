@@ -3,7 +3,7 @@
 //! ```toml
 //! listen = ["0.0.0.0:7700", "[::]:7700"]   # default
 //! private_key_file = "relay.key"
-//! metrics_listen = "127.0.0.1:9104"
+//! metrics_listen = "127.0.0.1:9770"
 //! max_sessions = 65536                      # default
 //! session_idle_s = 60                       # default
 //! workers = 2                               # default: one per CPU
