@@ -31,6 +31,13 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// DNS sockets (UDP and TCP).
     pub dns_listen: Vec<SocketAddr>,
+    /// DNS responses per second over UDP to one client prefix (/24, /56), with a burst of as
+    /// many (response rate limiting); 0 turns the limit off. Default 20.
+    pub dns_rrl_responses_per_s: u32,
+    /// Every `dns_rrl_slip`-th response over the rate limit goes out truncated (the client then
+    /// asks over TCP) and the others are dropped; 0 drops them all, 1 truncates them all, at most
+    /// 100. Default 2.
+    pub dns_rrl_slip: u32,
     /// The DC's public addresses (default: the specific IPs of `listen`).
     pub addresses: Vec<IpAddr>,
     /// The SQLite file holding registrations and the VIPs allocated to each node.
@@ -121,6 +128,8 @@ struct RawConfig {
     private_key_file: Option<Spanned<PathBuf>>,
     listen: Spanned<Vec<SocketAddr>>,
     dns_listen: Vec<SocketAddr>,
+    dns_rrl_responses_per_s: Option<u32>,
+    dns_rrl_slip: Option<Spanned<u32>>,
     addresses: Option<Spanned<Vec<IpAddr>>>,
     database: PathBuf,
     resolver: Spanned<String>,
@@ -223,6 +232,15 @@ impl Load for Config {
                 return Err(invalid(Some(k.span()), "keepalive_s", "must be at least 1".into()))
             }
             Some(k) => k.into_inner(),
+        };
+
+        let dns_rrl_slip = match raw.dns_rrl_slip {
+            None => crate::rrl::DEFAULT_SLIP,
+            Some(s) if *s.get_ref() > crate::rrl::MAX_SLIP => {
+                let msg = format!("must be at most {}", crate::rrl::MAX_SLIP);
+                return Err(invalid(Some(s.span()), "dns_rrl_slip", msg));
+            }
+            Some(s) => s.into_inner(),
         };
 
         let pools_span = raw.pools.span();
@@ -345,6 +363,8 @@ impl Load for Config {
             private_key,
             listen,
             dns_listen: raw.dns_listen,
+            dns_rrl_responses_per_s: raw.dns_rrl_responses_per_s.unwrap_or(crate::rrl::DEFAULT_RESPONSES_PER_S),
+            dns_rrl_slip,
             addresses,
             database: raw.database,
             resolver,
@@ -472,6 +492,7 @@ mod tests {
         assert!(cfg.node("tv.home.ntm.test").unwrap().nps.is_none());
         assert!(cfg.peer("proxy.ntm.test").is_some());
         assert!(cfg.metrics_listen.is_some());
+        assert_eq!((cfg.dns_rrl_responses_per_s, cfg.dns_rrl_slip), (20, 2));
     }
 
     #[test]
@@ -483,6 +504,27 @@ mod tests {
         assert_eq!(cfg.resolver, "198.18.0.53:53".parse().unwrap());
         assert!(cfg.nodes.is_empty() && cfg.peers.is_empty() && cfg.metrics_listen.is_none());
         assert_eq!(cfg.private_key.bytes()[1], 1);
+        assert_eq!((cfg.dns_rrl_responses_per_s, cfg.dns_rrl_slip), (20, 2));
+    }
+
+    #[test]
+    fn dns_rrl_keys() {
+        let with = |keys: &str| parse(&minimal().replace("database =", &format!("{keys}\ndatabase =")));
+        let cfg = with("dns_rrl_responses_per_s = 50\ndns_rrl_slip = 0").unwrap();
+        assert_eq!((cfg.dns_rrl_responses_per_s, cfg.dns_rrl_slip), (50, 0));
+        let cfg = with("dns_rrl_responses_per_s = 0\ndns_rrl_slip = 100").unwrap();
+        assert_eq!((cfg.dns_rrl_responses_per_s, cfg.dns_rrl_slip), (0, 100));
+
+        let err = with("dns_rrl_slip = 101").unwrap_err();
+        assert!(matches!(&err, ConfigError::Invalid { key, line: Some(6), .. } if key == "dns_rrl_slip"), "{err}");
+        assert_eq!(err.to_string(), "/etc/ntm/dc.toml:6: dns_rrl_slip: must be at most 100");
+        for bad in ["dns_rrl_responses_per_s = -1", "dns_rrl_responses_per_s = \"many\"", "dns_rrl_slip = 1.5"] {
+            let err = with(bad).unwrap_err().to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(err.contains("line 6") && err.contains(key), "{bad}: {err}");
+        }
+        let err = with("dns_rrl_rate = 5").unwrap_err().to_string();
+        assert!(err.contains("line 6") && err.contains("dns_rrl_rate"), "{err}");
     }
 
     #[test]

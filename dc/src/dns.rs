@@ -3,24 +3,29 @@
 //! Zone contents (from the config): SOA and NS at the apex, the DC's own A/AAAA, the SRV record
 //! `_ntm._udp.<zone>` pointing at the DC's signaling port, and, for every enrolled node served
 //! through an NPS, that NPS's A/AAAA. Other enrolled nodes exist without data (NODATA).
+//!
+//! Hardened as Knot and NSD are: ANY gets one RRset (RFC 8482); UDP responses are rate-limited
+//! per client prefix ([`crate::rrl`]); TCP connections are capped per client and in total, with
+//! an idle timeout and a bounded number of queries each; the question's spelling (0x20 case
+//! randomization) is echoed byte for byte.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 
 use host::loglimit::LogLimiter;
 
 use crate::config::Config;
+use crate::rrl::{Rrl, RrlConfig, Verdict};
 
 /// TTL of node records (they follow enrollment changes quickly).
 pub const NODE_TTL: u32 = 5;
@@ -58,8 +63,14 @@ pub struct DnsStats {
     pub refused: AtomicU64,
     /// Queries answered NXDOMAIN: a name inside the zone that does not exist.
     pub nxdomain: AtomicU64,
-    /// UDP answers sent with the TC bit.
+    /// UDP answers sent with the TC bit because they did not fit.
     pub truncated: AtomicU64,
+    /// UDP responses dropped by response rate limiting.
+    pub rrl_dropped: AtomicU64,
+    /// UDP responses sent truncated, without records, by response rate limiting (the slip).
+    pub rrl_slipped: AtomicU64,
+    /// TCP connections closed as soon as accepted: too many in total or from that client.
+    pub tcp_refused: AtomicU64,
 }
 
 /// How a query arrived: it bounds the response size.
@@ -80,6 +91,7 @@ pub struct Authority {
     /// without data (enrolled nodes without NPS, empty non-terminals).
     names: HashMap<Name, Vec<Record>>,
     stats: DnsStats,
+    rrl: RrlConfig,
 }
 
 fn fqdn_name(s: &str) -> Result<Name, DnsError> {
@@ -149,7 +161,9 @@ impl Authority {
                 n = n.base_name();
             }
         }
-        Ok(Self { zone, soa, names, stats: DnsStats::default() })
+        let rrl =
+            RrlConfig { responses_per_s: cfg.dns_rrl_responses_per_s, slip: cfg.dns_rrl_slip, ..RrlConfig::default() };
+        Ok(Self { zone, soa, names, stats: DnsStats::default(), rrl })
     }
 
     /// The zone's apex, lowercase and fully qualified.
@@ -160,6 +174,11 @@ impl Authority {
     /// The counters of the queries answered so far, shared by the UDP and TCP servers.
     pub fn stats(&self) -> &DnsStats {
         &self.stats
+    }
+
+    /// The response rate limits of the UDP servers (`dns_rrl_*` in the config).
+    pub fn rrl_config(&self) -> RrlConfig {
+        self.rrl
     }
 
     /// Answers a query that came over a stream (TCP): the response is at most 65535 bytes.
@@ -173,6 +192,23 @@ impl Authority {
     /// the answers, with the TC bit set.
     pub fn answer_udp(&self, query_bytes: &[u8]) -> Option<Vec<u8>> {
         self.respond(query_bytes, Transport::Udp)
+    }
+
+    /// Applies the response rate limits kept in `rrl` to `resp`, an answer of
+    /// [`Authority::answer_udp`] for `client`: it is sent as it is, truncated (TC=1, no
+    /// records) when it slips, or not at all (`None`).
+    pub fn rate_limit(&self, resp: Vec<u8>, client: IpAddr, rrl: &mut Rrl, now: Instant) -> Option<Vec<u8>> {
+        match rrl.check(client, now) {
+            Verdict::Send => Some(resp),
+            Verdict::Slip => {
+                self.stats.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+                slipped(&resp)
+            }
+            Verdict::Drop => {
+                self.stats.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     /// Answers over `transport`.
@@ -250,8 +286,12 @@ impl Authority {
             resp.add_name_server(self.soa.clone());
             return resp;
         };
-        let found: Vec<&Record> =
-            records.iter().filter(|r| qtype == RecordType::ANY || r.record_type() == qtype).collect();
+        // ANY gets one RRset, the name's first (RFC 8482), not everything: no amplification.
+        let wanted = match qtype {
+            RecordType::ANY => records.first().map(Record::record_type),
+            t => Some(t),
+        };
+        let found: Vec<&Record> = records.iter().filter(|r| Some(r.record_type()) == wanted).collect();
         if found.is_empty() {
             resp.add_name_server(self.soa.clone());
             return resp;
@@ -304,6 +344,17 @@ impl Authority {
     }
 }
 
+/// `resp` (one of ours) as the slip of response rate limiting sends it: the header and the
+/// question, TC set, no records, so that a genuine client asks again over TCP.
+fn slipped(resp: &[u8]) -> Option<Vec<u8>> {
+    let mut m = Message::from_vec(resp).ok()?;
+    m.take_answers();
+    m.take_name_servers();
+    m.take_additionals();
+    m.set_truncated(true);
+    m.to_vec().ok()
+}
+
 /// A bare FORMERR for the query whose header starts `bytes` (at least 12 bytes); `None` for an
 /// opcode that is not defined (it could not be echoed in a valid response).
 fn formerr(bytes: &[u8]) -> Option<Vec<u8>> {
@@ -336,8 +387,10 @@ fn transient(e: &io::Error) -> bool {
 /// ENOBUFS on Linux.
 const ENOBUFS: i32 = 105;
 
-/// Serves DNS over UDP on `sock` until a non-transient socket error.
+/// Serves DNS over UDP on `sock` until a non-transient socket error, rate-limiting responses
+/// per client prefix as [`Authority::rrl_config`] says (one table per socket).
 pub async fn serve_udp(sock: UdpSocket, authority: Arc<Authority>) -> io::Result<()> {
+    let mut rrl = Rrl::new(authority.rrl_config());
     // Bigger than MAX_UDP_QUERY, so oversized queries are seen as such.
     let mut buf = vec![0u8; 4096];
     let drops = LogLimiter::new(Duration::from_secs(1));
@@ -355,48 +408,134 @@ pub async fn serve_udp(sock: UdpSocket, authority: Arc<Authority>) -> io::Result
             }
             Err(e) => return Err(e),
         };
-        match authority.answer_udp(&buf[..n]) {
-            Some(resp) => {
-                if let Err(e) = sock.send_to(&resp, peer).await {
-                    if let Some(suppressed) = errors.check() {
-                        tracing::warn!(%peer, error = %e, suppressed, "DNS UDP send");
-                    }
-                }
+        let Some(resp) = authority.answer_udp(&buf[..n]) else {
+            if let Some(suppressed) = drops.check() {
+                tracing::warn!(%peer, len = n, suppressed, "dropped a malformed DNS datagram");
             }
-            None => {
-                if let Some(suppressed) = drops.check() {
-                    tracing::warn!(%peer, len = n, suppressed, "dropped a malformed DNS datagram");
-                }
+            continue;
+        };
+        let Some(resp) = authority.rate_limit(resp, peer.ip(), &mut rrl, Instant::now()) else { continue };
+        if let Err(e) = sock.send_to(&resp, peer).await {
+            if let Some(suppressed) = errors.check() {
+                tracing::warn!(%peer, error = %e, suppressed, "DNS UDP send");
             }
         }
     }
 }
 
-/// Limits of the TCP server.
+/// Limits of the TCP server. A connection over `max_connections` or `max_per_client` is closed
+/// as soon as it is accepted.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpOptions {
     /// A connection idle this long (or this slow to send a query or take an answer) is closed.
     pub idle_timeout: Duration,
-    /// Connections served at once; one more is closed as soon as it is accepted.
+    /// Connections served at once, from all clients.
     pub max_connections: usize,
+    /// Connections served at once from one client: an IPv4 address, or an IPv6 /64 (one host
+    /// can have a whole /64 to itself).
+    pub max_per_client: usize,
+    /// Queries answered on one connection; after the last answer the connection is closed.
+    pub max_queries: usize,
 }
+
+/// Default [`TcpOptions::idle_timeout`].
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`TcpOptions::max_connections`].
+pub const TCP_MAX_CONNECTIONS: usize = 256;
+/// Default [`TcpOptions::max_per_client`].
+pub const TCP_MAX_PER_CLIENT: usize = 8;
+/// Default [`TcpOptions::max_queries`].
+pub const TCP_MAX_QUERIES: usize = 100;
 
 impl Default for TcpOptions {
     fn default() -> Self {
-        Self { idle_timeout: Duration::from_secs(10), max_connections: 128 }
+        Self {
+            idle_timeout: TCP_IDLE_TIMEOUT,
+            max_connections: TCP_MAX_CONNECTIONS,
+            max_per_client: TCP_MAX_PER_CLIENT,
+            max_queries: TCP_MAX_QUERIES,
+        }
     }
 }
 
-/// Serves DNS over TCP (RFC 7766: 2-byte length prefix, several queries per connection).
+/// The client a TCP connection is counted against: its IPv4 address, or its IPv6 /64.
+fn tcp_client(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        v4 => v4,
+    }
+}
+
+/// The open TCP connections of each client; a client without any has no entry, so the table
+/// holds at most `max_connections` entries.
+#[derive(Debug)]
+struct TcpClients {
+    open: Mutex<OpenConnections>,
+    max_total: usize,
+    max_per_client: usize,
+}
+
+#[derive(Debug, Default)]
+struct OpenConnections {
+    total: usize,
+    by_client: HashMap<IpAddr, usize>,
+}
+
+/// One connection counted in [`TcpClients`] until dropped.
+#[derive(Debug)]
+struct TcpSlot {
+    clients: Arc<TcpClients>,
+    client: IpAddr,
+}
+
+impl TcpClients {
+    fn new(opts: &TcpOptions) -> Arc<Self> {
+        Arc::new(Self {
+            open: Mutex::new(OpenConnections::default()),
+            max_total: opts.max_connections,
+            max_per_client: opts.max_per_client,
+        })
+    }
+
+    /// A slot for a connection from `peer`, or `None` if that would exceed a cap.
+    fn acquire(self: &Arc<Self>, peer: IpAddr) -> Option<TcpSlot> {
+        let client = tcp_client(peer);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = open.by_client.get(&client).copied().unwrap_or(0);
+        if open.total >= self.max_total || mine >= self.max_per_client {
+            return None;
+        }
+        open.total += 1;
+        open.by_client.insert(client, mine + 1);
+        Some(TcpSlot { clients: self.clone(), client })
+    }
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total -= 1;
+        if let Some(n) = open.by_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Serves DNS over TCP (RFC 7766: 2-byte length prefix, several queries per connection) with
+/// the default [`TcpOptions`].
 pub async fn serve_tcp(listener: TcpListener, authority: Arc<Authority>) -> io::Result<()> {
     serve_tcp_with(listener, authority, TcpOptions::default()).await
 }
 
 /// [`serve_tcp`] with explicit limits (the tests use short timeouts and few slots).
 pub async fn serve_tcp_with(listener: TcpListener, authority: Arc<Authority>, opts: TcpOptions) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let clients = TcpClients::new(&opts);
     let drops = Arc::new(LogLimiter::new(Duration::from_secs(1)));
     let errors = LogLimiter::new(Duration::from_secs(1));
+    let refusals = LogLimiter::new(Duration::from_secs(1));
     tracing::info!(addr = ?listener.local_addr().ok(), zone = %authority.zone(), "DNS over TCP");
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -410,19 +549,21 @@ pub async fn serve_tcp_with(listener: TcpListener, authority: Arc<Authority>, op
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            if let Some(suppressed) = errors.check() {
+        let Some(slot) = clients.acquire(peer.ip()) else {
+            authority.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = refusals.check() {
                 tracing::warn!(%peer, suppressed, "too many DNS TCP connections, closing");
             }
+            // Dropping the stream closes it at once.
             continue;
         };
         let authority = authority.clone();
         let drops = drops.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_conn(stream, peer, &authority, &drops, opts.idle_timeout).await {
+            if let Err(e) = serve_conn(stream, peer, &authority, &drops, &opts).await {
                 tracing::debug!(%peer, error = %e, "DNS TCP connection");
             }
-            drop(permit);
+            drop(slot);
         });
     }
 }
@@ -432,10 +573,11 @@ async fn serve_conn(
     peer: SocketAddr,
     authority: &Authority,
     drops: &LogLimiter,
-    idle: Duration,
+    opts: &TcpOptions,
 ) -> io::Result<()> {
+    let idle = opts.idle_timeout;
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "idle");
-    loop {
+    for _ in 0..opts.max_queries {
         let mut len = [0u8; 2];
         match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
             Err(_) => return Ok(()),
@@ -456,6 +598,9 @@ async fn serve_conn(
         out.extend_from_slice(&resp);
         tokio::time::timeout(idle, stream.write_all(&out)).await.map_err(|_| timed_out())??;
     }
+    // Enough queries on this one: the client opens another connection if it has more.
+    let _ = tokio::time::timeout(idle, stream.shutdown()).await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -574,8 +719,149 @@ addresses = ["198.18.20.2", "2001:db8:20::2"]
         assert_eq!(r.answers()[0].ttl(), TTL);
         let r = ask(&auth, "dc.home.ntm.test.", RecordType::AAAA);
         assert_eq!(ips(r.answers()), ["2001:db8:40::2".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn any_gets_one_rrset() {
+        let auth = authority("");
+        // the DC has an A and an AAAA: ANY gets the first RRset only (RFC 8482)
+        for t in [Transport::Udp, Transport::Tcp] {
+            let q = plain_query("dc.home.ntm.test.", RecordType::ANY).to_vec().unwrap();
+            let r = Message::from_vec(&auth.respond(&q, t).unwrap()).unwrap();
+            assert_eq!(r.response_code(), ResponseCode::NoError);
+            assert!(r.authoritative());
+            assert_eq!(ips(r.answers()), [IpAddr::V4(Ipv4Addr::new(198, 18, 40, 2))], "{t:?}");
+        }
+        // the apex has SOA and NS: only the SOA
+        let r = ask(&auth, "home.ntm.test.", RecordType::ANY);
+        let [soa] = r.answers() else { panic!("{r:?}") };
+        assert_eq!(soa.record_type(), RecordType::SOA);
+        assert!(r.additionals().is_empty());
+        // a node with two NPS addresses, one of each family
+        let r = ask(&auth, "rpi.home.ntm.test.", RecordType::ANY);
+        assert_eq!(ips(r.answers()), [IpAddr::V4(Ipv4Addr::new(198, 18, 20, 2))]);
+        // several records of one type stay together: the whole RRset
+        let auth = authority("addresses = [\"2001:db8:40::2\", \"198.18.40.2\", \"2001:db8:40::3\"]");
         let r = ask(&auth, "dc.home.ntm.test.", RecordType::ANY);
-        assert_eq!(r.answers().len(), 2);
+        let want: Vec<IpAddr> = vec!["2001:db8:40::2".parse().unwrap(), "2001:db8:40::3".parse().unwrap()];
+        assert_eq!(ips(r.answers()), want);
+        // the SRV keeps its glue; names without data and unknown names as for any type
+        let r = ask(&auth, "_ntm._udp.home.ntm.test.", RecordType::ANY);
+        assert_eq!(r.answers().len(), 1);
+        assert_eq!(ips(r.additionals()).len(), 3);
+        is_negative(&ask(&auth, "tv.home.ntm.test.", RecordType::ANY), ResponseCode::NoError);
+        is_negative(&ask(&auth, "nope.home.ntm.test.", RecordType::ANY), ResponseCode::NXDomain);
+    }
+
+    /// The question section of a query or response: its bytes right after the header.
+    fn question_bytes(msg: &[u8]) -> &[u8] {
+        let mut i = HEADER_LEN;
+        while msg[i] != 0 {
+            assert!(msg[i] < 0x40, "compressed question");
+            i += 1 + usize::from(msg[i]);
+        }
+        &msg[HEADER_LEN..i + 1 + 4]
+    }
+
+    #[test]
+    fn question_case_is_echoed_byte_for_byte() {
+        let auth = authority("");
+        let asked = Name::from_ascii("rPi.HoMe.NtM.TeSt.").unwrap();
+        let q = plain_query("rPi.HoMe.NtM.TeSt.", RecordType::A).to_vec().unwrap();
+        let question = question_bytes(&q).to_vec();
+        assert_eq!(&question[..5], b"\x03rPi\x04");
+        for t in [Transport::Udp, Transport::Tcp] {
+            let r = auth.respond(&q, t).unwrap();
+            assert_eq!(question_bytes(&r), question, "{t:?}");
+            // the answer's owner: the question's name, as a pointer to it or spelled the same
+            let owner = &r[HEADER_LEN + question.len()..];
+            let q_name = &question[..question.len() - 4];
+            assert!(owner.starts_with(&[0xc0, HEADER_LEN as u8]) || owner.starts_with(q_name), "{owner:02x?}");
+            let m = Message::from_vec(&r).unwrap();
+            assert_eq!(ips(m.answers()), [IpAddr::V4(Ipv4Addr::new(198, 18, 20, 2))]);
+            assert!(m.queries()[0].name().eq_case(&asked));
+            assert!(m.answers()[0].name().eq_case(&asked));
+        }
+        // negative answers, refusals, ANY and the rate limiter's slips echo it too
+        for (name, rtype) in [
+            ("rPi.HoMe.NtM.TeSt.", RecordType::MX),
+            ("NoPe.HoMe.NtM.TeSt.", RecordType::A),
+            ("ExAmPlE.CoM.", RecordType::A),
+            ("dC.hOmE.nTm.TeSt.", RecordType::ANY),
+            ("_NtM._uDp.HoMe.NtM.TeSt.", RecordType::SRV),
+        ] {
+            let q = plain_query(name, rtype).to_vec().unwrap();
+            let r = auth.answer_udp(&q).unwrap();
+            assert_eq!(question_bytes(&r), question_bytes(&q), "{name}");
+            let m = Message::from_vec(&r).unwrap();
+            let asked = Name::from_ascii(name).unwrap();
+            assert!(m.answers().iter().all(|a| a.name().eq_case(&asked)), "{name}");
+            let tc = slipped(&r).unwrap();
+            assert_eq!(question_bytes(&tc), question_bytes(&q), "{name}");
+        }
+    }
+
+    #[test]
+    fn rrl_slips_and_drops_udp_answers_per_prefix() {
+        let auth = authority("dns_rrl_responses_per_s = 5\ndns_rrl_slip = 2");
+        assert_eq!(auth.rrl_config().responses_per_s, 5);
+        let mut rrl = Rrl::new(auth.rrl_config());
+        let q = plain_query("RPI.home.ntm.test.", RecordType::A).to_vec().unwrap();
+        let t0 = Instant::now();
+        let mut ask = |client: &str, now: Instant| {
+            let client: IpAddr = client.parse().unwrap();
+            auth.answer_udp(&q).and_then(|r| auth.rate_limit(r, client, &mut rrl, now))
+        };
+        for _ in 0..5 {
+            let r = Message::from_vec(&ask("192.0.2.1", t0).unwrap()).unwrap();
+            assert!(!r.truncated() && r.answers().len() == 1);
+        }
+        // over the limit: one slips (truncated, no records, same question), one is dropped
+        let tc = Message::from_vec(&ask("192.0.2.2", t0).unwrap()).unwrap();
+        assert!(tc.truncated());
+        assert_eq!(tc.id(), 0xbeef);
+        assert_eq!(tc.message_type(), MessageType::Response);
+        assert!(tc.answers().is_empty() && tc.name_servers().is_empty() && tc.additionals().is_empty());
+        assert!(tc.queries()[0].name().eq_case(&Name::from_ascii("RPI.home.ntm.test.").unwrap()));
+        assert_eq!(ask("192.0.2.3", t0), None);
+        assert!(ask("192.0.2.4", t0).is_some_and(|r| Message::from_vec(&r).unwrap().truncated()));
+        // other prefixes are not limited by this one
+        for other in ["192.0.3.1", "2001:db8::1"] {
+            for _ in 0..5 {
+                assert!(!Message::from_vec(&ask(other, t0).unwrap()).unwrap().truncated(), "{other}");
+            }
+        }
+        // the rate refills the bucket
+        let r = ask("192.0.2.1", t0 + Duration::from_millis(200)).unwrap();
+        assert!(!Message::from_vec(&r).unwrap().truncated());
+        let s = auth.stats();
+        assert_eq!((s.rrl_slipped.load(Ordering::Relaxed), s.rrl_dropped.load(Ordering::Relaxed)), (2, 1));
+        // TCP is never limited
+        for _ in 0..50 {
+            assert!(!Message::from_vec(&auth.answer(&q).unwrap()).unwrap().truncated());
+        }
+    }
+
+    #[test]
+    fn tcp_slots_per_client_and_total() {
+        let opts = TcpOptions { max_connections: 4, max_per_client: 2, ..TcpOptions::default() };
+        let clients = TcpClients::new(&opts);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a1 = clients.acquire(ip("192.0.2.1")).unwrap();
+        let a2 = clients.acquire(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(clients.acquire(ip("192.0.2.1")).is_none(), "per client");
+        // IPv6 clients are counted by /64
+        let b1 = clients.acquire(ip("2001:db8::1")).unwrap();
+        let _b2 = clients.acquire(ip("2001:db8::2:3")).unwrap();
+        assert!(clients.acquire(ip("2001:db8::ffff")).is_none(), "per /64");
+        assert!(clients.acquire(ip("192.0.2.2")).is_none(), "in total");
+        drop(b1);
+        let a3 = clients.acquire(ip("192.0.2.2")).unwrap();
+        drop((a1, a2, a3));
+        let _c = clients.acquire(ip("192.0.2.1")).unwrap();
+        let open = clients.open.lock().unwrap();
+        assert_eq!(open.total, 2);
+        assert_eq!(open.by_client.len(), 2, "no entries left behind: {:?}", open.by_client);
     }
 
     #[test]
@@ -769,7 +1055,10 @@ addresses = ["198.18.20.2", "2001:db8:20::2"]
 
     /// Binds UDP and TCP on the same 127.0.0.1 port and serves `auth` on both.
     pub(crate) async fn spawn_servers(auth: Authority, opts: TcpOptions) -> SocketAddr {
-        let auth = Arc::new(auth);
+        spawn_shared(Arc::new(auth), opts).await
+    }
+
+    async fn spawn_shared(auth: Arc<Authority>, opts: TcpOptions) -> SocketAddr {
         for _ in 0..20 {
             let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let addr = udp.local_addr().unwrap();
@@ -793,7 +1082,7 @@ addresses = ["198.18.20.2", "2001:db8:20::2"]
 
     #[tokio::test]
     async fn real_udp_and_tcp_servers() {
-        let opts = TcpOptions { idle_timeout: Duration::from_millis(300), max_connections: 4 };
+        let opts = TcpOptions { idle_timeout: Duration::from_millis(300), ..TcpOptions::default() };
         let addr = spawn_servers(authority(&big_extra()), opts).await;
 
         // UDP: garbage is ignored, the next query is answered
@@ -827,5 +1116,118 @@ addresses = ["198.18.20.2", "2001:db8:20::2"]
         tcp.write_all(&[0, 3, 1, 2, 3]).await.unwrap();
         let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
         assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    }
+
+    async fn udp_from(src: &str, server: SocketAddr) -> UdpSocket {
+        let udp = UdpSocket::bind(src).await.unwrap();
+        udp.connect(server).await.unwrap();
+        udp
+    }
+
+    /// The responses that arrive on `udp` until none has for `quiet`.
+    async fn udp_responses(udp: &UdpSocket, quiet: Duration) -> Vec<Message> {
+        let mut buf = [0u8; 2048];
+        let mut out = Vec::new();
+        while let Ok(n) = tokio::time::timeout(quiet, udp.recv(&mut buf)).await {
+            out.push(Message::from_vec(&buf[..n.unwrap()]).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn rrl_on_the_udp_server() {
+        let auth = Arc::new(authority("dns_rrl_responses_per_s = 2\ndns_rrl_slip = 2"));
+        let addr = spawn_shared(auth.clone(), TcpOptions::default()).await;
+        let q = plain_query("rpi.home.ntm.test.", RecordType::A).to_vec().unwrap();
+        let udp = udp_from("127.0.0.1:0", addr).await;
+        for _ in 0..20 {
+            udp.send(&q).await.unwrap();
+        }
+        let got = udp_responses(&udp, Duration::from_millis(300)).await;
+        let full = got.iter().filter(|m| !m.truncated() && m.answers().len() == 1).count();
+        let tc = got.iter().filter(|m| m.truncated() && m.answers().is_empty()).count();
+        assert_eq!(full + tc, got.len());
+        // 2 answers (a few more if this ran slowly), then one in two limited ones truncated
+        assert!((2..=4).contains(&full), "{full} full, {tc} truncated");
+        assert!(tc >= 7 && full + tc < 20, "{full} full, {tc} truncated");
+        let s = auth.stats();
+        assert_eq!(s.rrl_slipped.load(Ordering::Relaxed) as usize, tc);
+        assert_eq!(s.rrl_dropped.load(Ordering::Relaxed) as usize, 20 - full - tc);
+        // another /24 is answered in full; the client's TCP retry too
+        let other = udp_from("127.0.1.1:0", addr).await;
+        other.send(&q).await.unwrap();
+        let got = udp_responses(&other, Duration::from_millis(300)).await;
+        assert!(matches!(&got[..], [m] if !m.truncated() && m.answers().len() == 1), "{got:?}");
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(tcp_exchange(&mut tcp, &q).await.answers().len(), 1);
+    }
+
+    async fn tcp_from(src: &str, server: SocketAddr) -> TcpStream {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        sock.connect(server).await.unwrap()
+    }
+
+    /// True if the server closes `stream` without a word within a second.
+    async fn closed_at_once(stream: &mut TcpStream) -> bool {
+        let mut rest = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut rest)).await {
+            Ok(Ok(0)) => true,
+            Ok(Err(e)) => e.kind() == io::ErrorKind::ConnectionReset,
+            _ => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_connections_are_capped() {
+        let opts =
+            TcpOptions { idle_timeout: Duration::from_secs(5), max_connections: 3, max_per_client: 2, max_queries: 3 };
+        let auth = Arc::new(authority(""));
+        let addr = spawn_shared(auth.clone(), opts).await;
+        let q = plain_query("rpi.home.ntm.test.", RecordType::A).to_vec().unwrap();
+
+        // two connections from one client are served, a third is closed at once
+        let mut a1 = tcp_from("127.0.0.1", addr).await;
+        let mut a2 = tcp_from("127.0.0.1", addr).await;
+        assert_eq!(tcp_exchange(&mut a1, &q).await.answers().len(), 1);
+        assert_eq!(tcp_exchange(&mut a2, &q).await.answers().len(), 1);
+        let mut a3 = tcp_from("127.0.0.1", addr).await;
+        assert!(closed_at_once(&mut a3).await);
+        // another client still gets in, up to the total
+        let mut b1 = tcp_from("127.0.0.2", addr).await;
+        assert_eq!(tcp_exchange(&mut b1, &q).await.answers().len(), 1);
+        let mut c1 = tcp_from("127.0.0.3", addr).await;
+        assert!(closed_at_once(&mut c1).await);
+        assert_eq!(auth.stats().tcp_refused.load(Ordering::Relaxed), 2);
+
+        // a closed connection frees its slot
+        drop(a1);
+        let mut again = None;
+        for _ in 0..50 {
+            let mut s = tcp_from("127.0.0.1", addr).await;
+            if !closed_at_once_quick(&mut s).await {
+                again = Some(s);
+                break;
+            }
+        }
+        let mut a4 = again.expect("the slot was not freed");
+        assert_eq!(tcp_exchange(&mut a4, &q).await.answers().len(), 1);
+
+        // three queries per connection, then the server closes it
+        assert_eq!(tcp_exchange(&mut b1, &q).await.answers().len(), 1);
+        assert_eq!(tcp_exchange(&mut b1, &q).await.answers().len(), 1);
+        assert!(closed_at_once(&mut b1).await);
+        drop((a2, a4));
+    }
+
+    /// True if the server has closed `stream` within 100 ms (an accepted one stays open).
+    async fn closed_at_once_quick(stream: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut byte)).await {
+            Ok(Ok(0)) => true,
+            Ok(Err(_)) => true,
+            Ok(Ok(_)) => panic!("data from the server unasked"),
+            Err(_) => false,
+        }
     }
 }

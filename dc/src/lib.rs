@@ -5,4 +5,5 @@ pub mod config;
 pub mod dns;
 pub mod locate;
 pub mod registry;
+pub mod rrl;
 pub mod server;
