@@ -492,7 +492,7 @@ mod tests {
         assert!(cfg.node("tv.home.ntm.test").unwrap().nps.is_none());
         assert!(cfg.peer("proxy.ntm.test").is_some());
         assert!(cfg.metrics_listen.is_some());
-        assert_eq!((cfg.dns_rrl_responses_per_s, cfg.dns_rrl_slip), (20, 2));
+        assert_eq!((cfg.dns_rrl_responses_per_s, cfg.dns_rrl_slip), (200, 2));
     }
 
     #[test]
@@ -504,7 +504,7 @@ mod tests {
         assert_eq!(cfg.resolver, "198.18.0.53:53".parse().unwrap());
         assert!(cfg.nodes.is_empty() && cfg.peers.is_empty() && cfg.metrics_listen.is_none());
         assert_eq!(cfg.private_key.bytes()[1], 1);
-        assert_eq!((cfg.dns_rrl_responses_per_s, cfg.dns_rrl_slip), (20, 2));
+        assert_eq!((cfg.dns_rrl_responses_per_s, cfg.dns_rrl_slip), (200, 2));
     }
 
     #[test]

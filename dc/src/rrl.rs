@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 /// Default responses per second to one client prefix.
-pub const DEFAULT_RESPONSES_PER_S: u32 = 20;
+pub const DEFAULT_RESPONSES_PER_S: u32 = 200;
 /// Default slip: every second limited response goes out truncated, the others are dropped.
 pub const DEFAULT_SLIP: u32 = 2;
 /// Default number of client prefixes tracked at once.

@@ -72,6 +72,17 @@ fn metrics(core: &DcCore<SqliteRegistry>, authority: &Authority) -> String {
     p.counter("ntm_dc_dns_nxdomain_total", "DNS queries answered NXDOMAIN.", s.nxdomain.load(Relaxed));
     p.counter("ntm_dc_dns_refused_total", "DNS queries refused.", s.refused.load(Relaxed));
     p.counter("ntm_dc_dns_malformed_total", "Malformed DNS queries dropped.", s.malformed.load(Relaxed));
+    p.counters(
+        "ntm_dc_dns_rrl",
+        "DNS UDP responses limited by rate limiting, by action.",
+        "action",
+        [("dropped", s.rrl_dropped.load(Relaxed)), ("slipped", s.rrl_slipped.load(Relaxed))],
+    );
+    p.counter(
+        "ntm_dc_dns_tcp_refused_total",
+        "DNS TCP connections closed at once over a cap.",
+        s.tcp_refused.load(Relaxed),
+    );
     p.encode()
 }
 
