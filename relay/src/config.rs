@@ -7,6 +7,7 @@
 //! max_sessions = 65536                      # default
 //! session_idle_s = 60                       # default
 //! workers = 2                               # default: one per CPU
+//! session_mbit = 1000                       # default; 0: no cap
 //!
 //! [[dcs]]                                   # the DCs that may allocate sessions here
 //! name = "dcr"
@@ -42,6 +43,9 @@ pub struct Config {
     pub session_idle: Duration,
     /// Threads receiving and forwarding per socket (default: the number of CPUs).
     pub workers: usize,
+    /// What one session may forward, in Mbit/s (default 1000; 0: no cap), so that one session
+    /// cannot take the relay from the others.
+    pub session_mbit: u64,
     /// The DCs allowed to allocate sessions here.
     pub dcs: Vec<DcConfig>,
 }
@@ -65,6 +69,7 @@ struct Raw {
     max_sessions: Option<Spanned<usize>>,
     session_idle_s: Option<Spanned<u64>>,
     workers: Option<Spanned<usize>>,
+    session_mbit: Option<u64>,
     #[serde(default)]
     dcs: Vec<RawDc>,
 }
@@ -126,7 +131,16 @@ impl Load for Config {
         if dcs.is_empty() {
             return Err(src.err("dcs", None, "at least one [[dcs]] is needed: only DCs allocate sessions"));
         }
-        Ok(Config { listen, private_key, metrics_listen: raw.metrics_listen, max_sessions, session_idle, workers, dcs })
+        Ok(Config {
+            listen,
+            private_key,
+            metrics_listen: raw.metrics_listen,
+            max_sessions,
+            session_idle,
+            workers,
+            session_mbit: raw.session_mbit.unwrap_or(1000),
+            dcs,
+        })
     }
 }
 

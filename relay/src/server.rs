@@ -104,7 +104,7 @@ fn control_loop(
 /// Runs the relay until SIGTERM or SIGINT: binds `workers` sockets per listen address (the kernel
 /// spreads the peers over them), starts a forwarding thread on each, and the control plane.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let table = Arc::new(Table::new(cfg.max_sessions, cfg.session_idle));
+    let table = Arc::new(Table::new(cfg.max_sessions, cfg.session_idle).with_session_rate(cfg.session_mbit));
     let control = Arc::new(Mutex::new(Control::new(cfg.private_key.clone(), &cfg.dcs)));
     let mut by_family: Vec<(bool, Vec<UdpSocket>)> = Vec::new();
     for addr in &cfg.listen {

@@ -32,11 +32,13 @@ pub enum DropReason {
     ReplayedBind,
     /// Too many signaling datagrams for the relay's control plane at once.
     Overload,
+    /// The session went over its rate (`session_mbit`): one session cannot take the relay.
+    SessionRate,
 }
 
 impl DropReason {
     /// Every reason, in the metrics' order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::UnknownSession,
         DropReason::WrongSource,
@@ -44,6 +46,7 @@ impl DropReason {
         DropReason::BadBind,
         DropReason::ReplayedBind,
         DropReason::Overload,
+        DropReason::SessionRate,
     ];
 
     /// The metrics label.
@@ -56,6 +59,7 @@ impl DropReason {
             DropReason::BadBind => "bad_bind",
             DropReason::ReplayedBind => "replayed_bind",
             DropReason::Overload => "overload",
+            DropReason::SessionRate => "session_rate",
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct Session {
     pub labels: [String; 2],
     keys: [BindKey; 2],
     sides: Mutex<[SideState; 2]>,
+    /// The session's token bucket, in bytes, and when it was last filled.
+    bucket: Mutex<(f64, Option<Instant>)>,
     /// Milliseconds since the table's epoch when the session last forwarded or was bound.
     last_active: AtomicU64,
     /// Datagrams forwarded, both ways.
@@ -114,6 +120,9 @@ pub struct Table {
     max: usize,
     idle: Duration,
     epoch: Instant,
+    /// Bytes per second one session may forward (0: no limit), and its burst.
+    rate: f64,
+    burst: f64,
 }
 
 /// Why an allocation was refused.
@@ -134,7 +143,34 @@ impl Table {
             max,
             idle,
             epoch: Instant::now(),
+            rate: 0.0,
+            burst: 0.0,
         }
+    }
+
+    /// Caps what one session forwards at `mbit` Mbit/s (0: no cap), with a burst of 50 ms
+    /// (at least 64 KiB): past it, its datagrams are dropped, so that one session cannot take
+    /// the relay's capacity from the others.
+    pub fn with_session_rate(mut self, mbit: u64) -> Self {
+        self.rate = mbit as f64 * 1e6 / 8.0;
+        self.burst = (self.rate * 0.05).max(65536.0);
+        self
+    }
+
+    /// Takes `len` bytes from the session's bucket; false when it is over its rate.
+    fn within_rate(&self, s: &Session, len: usize, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let mut b = s.bucket.lock().expect("not poisoned");
+        let elapsed = b.1.map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+        b.0 = (b.0 + elapsed * self.rate).min(self.burst);
+        b.1 = Some(now);
+        if b.0 < len as f64 {
+            return false;
+        }
+        b.0 -= len as f64;
+        true
     }
 
     fn shard(&self, id: u32) -> &Shard {
@@ -170,6 +206,7 @@ impl Table {
                 labels: labels.clone(),
                 keys: [BindKey::new(&keys[0]), BindKey::new(&keys[1])],
                 sides: Mutex::new(Default::default()),
+                bucket: Mutex::new((self.burst, None)),
                 last_active: AtomicU64::new(self.ms(now)),
                 packets: AtomicU64::new(0),
                 bytes: AtomicU64::new(0),
@@ -220,6 +257,9 @@ impl Table {
             return if to_side { Verdict::Drop(DropReason::WrongSource) } else { Verdict::Control };
         }
         let Some(dst) = dst else { return Verdict::Drop(DropReason::Unbound) };
+        if !self.within_rate(s, b.len(), now) {
+            return Verdict::Drop(DropReason::SessionRate);
+        }
         s.last_active.store(self.ms(now), Ordering::Relaxed);
         s.packets.fetch_add(1, Ordering::Relaxed);
         s.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
@@ -341,5 +381,23 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t.sweep(now + Duration::from_secs(19)).len(), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn one_session_cannot_take_more_than_its_rate() {
+        // 1 Mbit/s: 125 000 bytes a second, a 64 KiB burst.
+        let t = Table::new(10, Duration::from_secs(60)).with_session_rate(1);
+        let now = Instant::now();
+        let keys = [[1u8; 32], [2u8; 32]];
+        let [a, b] = t.allocate(&keys, ["a".into(), "b".into()], now).unwrap();
+        let (ea, eb) = (sa("192.0.2.1:1"), sa("192.0.2.2:2"));
+        t.handle(ea, &BindKey::new(&keys[0]).seal(false, a, 1), now);
+        t.handle(eb, &BindKey::new(&keys[1]).seal(false, b, 1), now);
+        let mut d = vec![0u8; 1000];
+        write_data_header(&mut d, b, 1);
+        let sent = (0..100).filter(|_| t.handle(ea, &d, now) == Verdict::Forward(eb)).count();
+        assert_eq!(sent, 65, "the burst, then nothing");
+        assert_eq!(t.handle(ea, &d, now), Verdict::Drop(DropReason::SessionRate));
+        assert_eq!(t.handle(ea, &d, now + Duration::from_millis(10)), Verdict::Forward(eb), "1250 bytes refilled");
     }
 }
