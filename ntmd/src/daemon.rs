@@ -23,7 +23,7 @@ use crate::config::Dataplane as DataplaneKind;
 use crate::control::{self, ControlHandle};
 use crate::dataplane::kernel::Kernel;
 use crate::dataplane::{userspace::Userspace, Dataplane, DpEvent};
-use crate::dnsstub::{DnsStub, NtmNames, NtmZoneCache};
+use crate::dnsstub::{DnsStub, Ntm, NtmNames, NtmZoneCache};
 use crate::handler::{Cmd, Handler, Input, Readings};
 use crate::link::Link;
 use crate::sockets::Sockets;
@@ -43,8 +43,11 @@ struct Names {
 }
 
 impl NtmNames for Names {
-    async fn is_ntm(&self, fqdn: &str) -> bool {
-        fqdn == self.own || self.zones.is_ntm(fqdn).await
+    async fn is_ntm(&self, fqdn: &str) -> Ntm {
+        if fqdn == self.own {
+            return Ntm::Yes;
+        }
+        self.zones.is_ntm(fqdn).await
     }
 
     async fn resolve(&self, fqdn: &str) -> Result<Vips, String> {

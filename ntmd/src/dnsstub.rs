@@ -36,11 +36,23 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Malformed queries are logged at most this often.
 const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Whether a name is an NTM name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ntm {
+    /// One of its parents carries `_ntm._udp` SRV: answered with VIPs.
+    Yes,
+    /// None does: forwarded to the upstream resolvers.
+    No,
+    /// A lookup failed and none said yes: it may be an NTM name, so it is answered SERVFAIL,
+    /// never with what public DNS says of it (the stub fails closed).
+    Unknown,
+}
+
 /// What the stub needs from the daemon.
 pub trait NtmNames: Send + Sync + 'static {
     /// Is `fqdn` (lowercase, no trailing dot) an NTM name? (The daemon answers from a cache of
     /// SRV lookups of `_ntm._udp.<parent>`: see [`NtmZoneCache`].)
-    fn is_ntm(&self, fqdn: &str) -> impl Future<Output = bool> + Send;
+    fn is_ntm(&self, fqdn: &str) -> impl Future<Output = Ntm> + Send;
     /// The peer's VIPs, after (or while) building the tunnel to it.
     fn resolve(&self, fqdn: &str) -> impl Future<Output = Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), String>> + Send;
 }
@@ -224,8 +236,15 @@ impl<N: NtmNames> Inner<N> {
             let address_query = matches!(q.query_type(), RecordType::A | RecordType::AAAA | RecordType::ANY);
             if q.query_class() == DNSClass::IN && address_query {
                 let name = normalize(q.name());
-                if self.names.is_ntm(&name).await {
-                    return encode(&self.answer_ntm(&msg, &name).await);
+                match self.names.is_ntm(&name).await {
+                    Ntm::Yes => return encode(&self.answer_ntm(&msg, &name).await),
+                    Ntm::No => {}
+                    Ntm::Unknown => {
+                        self.stats.servfail.fetch_add(1, Ordering::Relaxed);
+                        let mut r = Message::error_msg(msg.id(), msg.op_code(), ResponseCode::ServFail);
+                        r.add_queries(msg.queries().to_vec());
+                        return encode(&r);
+                    }
                 }
             }
         }
@@ -315,7 +334,8 @@ pub struct NtmZoneCache {
 
 #[derive(Clone, Copy)]
 struct Cached {
-    ntm: bool,
+    /// `None`: the lookup failed.
+    ntm: Option<bool>,
     until: Instant,
 }
 
@@ -328,21 +348,30 @@ impl NtmZoneCache {
         NtmZoneCache { upstream, zones: Mutex::default() }
     }
 
-    /// Is `fqdn` an NTM name? Its parents are tried nearest first.
-    pub async fn is_ntm(&self, fqdn: &str) -> bool {
+    /// Is `fqdn` an NTM name? Its parents are tried nearest first; a failed lookup makes the
+    /// answer [`Ntm::Unknown`] unless a parent says yes.
+    pub async fn is_ntm(&self, fqdn: &str) -> Ntm {
+        let mut unknown = false;
         for parent in parents(fqdn) {
-            if self.is_ntm_zone(parent).await {
-                return true;
+            match self.is_ntm_zone(parent).await {
+                Some(true) => return Ntm::Yes,
+                Some(false) => {}
+                None => unknown = true,
             }
         }
-        false
+        if unknown {
+            Ntm::Unknown
+        } else {
+            Ntm::No
+        }
     }
 
-    /// Does `zone` carry `_ntm._udp.<zone>` SRV?
-    pub async fn is_ntm_zone(&self, zone: &str) -> bool {
+    /// Does `zone` carry `_ntm._udp.<zone>` SRV? `None` if the lookup failed (a zone once
+    /// found NTM stays so while its lookups fail).
+    pub async fn is_ntm_zone(&self, zone: &str) -> Option<bool> {
         let zone = zone.strip_suffix('.').unwrap_or(zone).to_ascii_lowercase();
         let slot = {
-            let Ok(mut zones) = self.zones.lock() else { return false };
+            let Ok(mut zones) = self.zones.lock() else { return None };
             if zones.len() >= ZONE_CACHE_PURGE_AT {
                 let now = Instant::now();
                 zones.retain(|_, slot| {
@@ -359,15 +388,20 @@ impl NtmZoneCache {
                 return c.ntm;
             }
         }
+        let was_ntm = cached.is_some_and(|c| c.ntm == Some(true));
         let (ntm, ttl) = match self.lookup(&zone).await {
-            Ok(true) => (true, POSITIVE_TTL),
-            Ok(false) => (false, NEGATIVE_TTL),
+            Ok(true) => (Some(true), POSITIVE_TTL),
+            Ok(false) => (Some(false), NEGATIVE_TTL),
+            Err(e) if was_ntm => {
+                tracing::warn!(zone, "SRV lookup of _ntm._udp.{zone} failed; still an NTM zone: {e}");
+                (Some(true), ERROR_TTL)
+            }
             Err(e) => {
-                tracing::warn!(zone, "SRV lookup of _ntm._udp.{zone} failed, taking it as not NTM: {e}");
-                (false, ERROR_TTL)
+                tracing::warn!(zone, "SRV lookup of _ntm._udp.{zone} failed; its names get SERVFAIL: {e}");
+                (None, ERROR_TTL)
             }
         };
-        tracing::debug!(zone, ntm, "NTM zone check");
+        tracing::debug!(zone, ?ntm, "NTM zone check");
         *cached = Some(Cached { ntm, until: Instant::now() + ttl });
         ntm
     }
@@ -493,7 +527,7 @@ mod tests {
     }
 
     impl NtmNames for FakeNames {
-        async fn is_ntm(&self, fqdn: &str) -> bool {
+        async fn is_ntm(&self, fqdn: &str) -> Ntm {
             self.zones.is_ntm(fqdn).await
         }
         async fn resolve(&self, fqdn: &str) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), String> {
@@ -708,17 +742,26 @@ mod tests {
             })
             .collect();
         for c in checks {
-            assert!(c.await.unwrap());
+            assert_eq!(c.await.unwrap(), Ntm::Yes);
         }
         assert_eq!(upstream.seen().len(), 1, "concurrent lookups share one query");
 
-        assert!(!cache.is_ntm("www.example.test").await);
-        assert!(!cache.is_ntm("other.example.test").await);
-        assert!(!cache.is_ntm("test").await);
+        assert_eq!(cache.is_ntm("www.example.test").await, Ntm::No);
+        assert_eq!(cache.is_ntm("other.example.test").await, Ntm::No);
+        assert_eq!(cache.is_ntm("test").await, Ntm::No);
         let zones: Vec<String> = upstream.seen().into_iter().map(|q| q.0).collect();
         assert_eq!(zones, ["_ntm._udp.home.ntm.test", "_ntm._udp.example.test", "_ntm._udp.test"]);
-        assert!(cache.is_ntm("tv.home.ntm.test").await);
+        assert_eq!(cache.is_ntm("tv.home.ntm.test").await, Ntm::Yes);
         assert_eq!(upstream.seen().len(), 3, "answers are cached");
+    }
+
+    #[tokio::test]
+    async fn a_failed_zone_check_fails_closed() {
+        // An upstream that never answers: nobody can say whether the name is an NTM name.
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let up = Client::new(vec![silent.local_addr().unwrap()]).with_timeout(Duration::from_millis(100));
+        let cache = NtmZoneCache::new(up);
+        assert_eq!(cache.is_ntm("rpi.home.ntm.test").await, Ntm::Unknown);
     }
 
     #[tokio::test]
