@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +35,29 @@ pub const DEFAULT_POOL_MAX_IDLE_PER_NODE: usize = 64;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 30_000;
 /// Default port of a passthrough site's TLS server on the node.
 pub const DEFAULT_UPSTREAM_TLS_PORT: u16 = 443;
+/// Default `vip_ranges`: the VIP ranges `ntmd` routes into its tunnels (its `tun.routes`).
+pub const DEFAULT_VIP_RANGES: [&str; 2] = ["100.64.0.0/10", "fd4e:544d::/32"];
+/// `name` when none is configured and the host name cannot be read (or is not usable).
+pub const FALLBACK_NAME: &str = "nps";
+/// Default `max_connections`: client connections open at once, in total.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `max_connections_per_client`: client connections open at once from one IPv4 address
+/// or one IPv6 /64.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+/// Default `max_connections_per_site`: connections to one site's node at once (requests in
+/// flight, WebSocket and TLS passthrough connections).
+pub const DEFAULT_MAX_CONNECTIONS_PER_SITE: usize = 1024;
+/// Default `max_header_size`, in bytes (16 KiB): a request's head (request line and headers).
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 16 << 10;
+/// Smallest `max_header_size` (8 KiB; hyper's smallest HTTP/1.1 read buffer).
+pub const MIN_MAX_HEADER_SIZE: usize = 8 << 10;
+/// Largest `max_header_size` (1 MiB).
+pub const MAX_MAX_HEADER_SIZE: usize = 1 << 20;
+/// Default `idle_timeout_ms` (60 s) of a client HTTP connection with no request in progress.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default `tunnel_idle_timeout_ms` (5 min) of a WebSocket or TLS passthrough connection on which
+/// no byte moves either way.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT_MS: u64 = 300_000;
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +95,87 @@ pub struct Config {
     pub pool_max_idle_per_node: usize,
     /// The FQDNs served, without duplicates; a request for any other host gets 404.
     pub sites: Vec<Site>,
+    /// This NPS's name: sent as `Via: 1.1 <name>` to the nodes, and a request that already
+    /// carries it has looped back here (508). By default the host name.
+    pub name: String,
+    /// The only addresses the NPS connects to: a resolved address outside them is refused (502)
+    /// without a connection, whatever the resolver said.
+    pub vip_ranges: Vec<Prefix>,
+    /// Client connections open at once, in total; past it a new one is closed at once. 0: no cap.
+    pub max_connections: usize,
+    /// Client connections open at once from one IPv4 address or one IPv6 /64. 0: no cap.
+    pub max_connections_per_client: usize,
+    /// Connections to one site's node at once: requests in flight (each holds a connection to
+    /// the node), WebSocket and TLS passthrough connections. Past it a request gets 503 and a
+    /// passthrough connection is closed. 0: no cap.
+    pub max_connections_per_site: usize,
+    /// Largest request head (request line and headers, or the HTTP/2 header list); past it the
+    /// client gets 431.
+    pub max_header_size: usize,
+    /// How long a client's HTTP connection (HTTP/1.1 keep-alive or HTTP/2) stays open with no
+    /// request in progress.
+    pub idle_timeout: Duration,
+    /// How long a WebSocket (upgraded) or TLS passthrough connection stays open with no byte
+    /// relayed either way.
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// An address prefix (`vip_ranges`), like `100.64.0.0/10`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl Prefix {
+    /// Whether `ip` is in this prefix; an IPv4-mapped IPv6 address counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.len) == self.addr
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+
+    /// `address/length`, without host bits.
+    fn from_str(s: &str) -> Result<Prefix, String> {
+        let bad = || format!("{s:?} is not a prefix (like 100.64.0.0/10 or fd4e:544d::/32)");
+        let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let len: u8 = len.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("{s:?}: a prefix length is at most {max}"));
+        }
+        let net = Prefix { addr: mask(addr, len), len };
+        if net.addr != addr {
+            return Err(format!("{s:?} has host bits set; did you mean {net}?"));
+        }
+        Ok(net)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// `addr` with its bits past `len` cleared.
+fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)).into()),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)).into()),
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is; any other address as it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_canonical(),
+        v4 => v4,
+    }
 }
 
 /// Where the access log goes.
@@ -147,6 +251,11 @@ impl Config {
     pub fn site_map(&self) -> HashMap<String, Site> {
         self.sites.iter().map(|s| (s.fqdn.clone(), s.clone())).collect()
     }
+
+    /// Whether the NPS may connect to `ip`: it is in one of the `vip_ranges`.
+    pub fn is_vip(&self, ip: IpAddr) -> bool {
+        self.vip_ranges.iter().any(|r| r.contains(ip))
+    }
 }
 
 pub use host::config::ConfigError;
@@ -168,6 +277,14 @@ struct RawConfig {
     pool_idle_timeout_ms: Option<Spanned<u64>>,
     pool_first_byte_timeout_ms: Option<Spanned<u64>>,
     pool_max_idle_per_node: Option<usize>,
+    name: Option<Spanned<String>>,
+    vip_ranges: Option<Spanned<Vec<Spanned<String>>>>,
+    max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
+    max_connections_per_site: Option<usize>,
+    max_header_size: Option<Spanned<RawSize>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
+    tunnel_idle_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     sites: Vec<Spanned<RawSite>>,
 }
@@ -265,11 +382,44 @@ impl Validator<'_> {
             None => (connect_timeout / 2).max(Duration::from_millis(1)),
         };
         let max_request_body = match &raw.max_request_body {
-            Some(s) => match s.get_ref() {
-                RawSize::Bytes(n) => *n,
-                RawSize::Text(t) => parse_size(t).map_err(|m| self.err("max_request_body", Some(s.span()), m))?,
-            },
+            Some(s) => self.size("max_request_body", s)?,
             None => DEFAULT_MAX_REQUEST_BODY,
+        };
+        let max_header_size = match &raw.max_header_size {
+            Some(s) => match self.size("max_header_size", s)? {
+                n if (MIN_MAX_HEADER_SIZE as u64..=MAX_MAX_HEADER_SIZE as u64).contains(&n) => n as usize,
+                n => {
+                    return Err(self.err(
+                        "max_header_size",
+                        Some(s.span()),
+                        format!("{n} bytes: must be from 8KiB ({MIN_MAX_HEADER_SIZE}) to 1MiB ({MAX_MAX_HEADER_SIZE})"),
+                    ))
+                }
+            },
+            None => DEFAULT_MAX_HEADER_SIZE,
+        };
+        let idle_timeout = self.millis("idle_timeout_ms", raw.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS)?;
+        let tunnel_idle_timeout =
+            self.millis("tunnel_idle_timeout_ms", raw.tunnel_idle_timeout_ms, DEFAULT_TUNNEL_IDLE_TIMEOUT_MS)?;
+        let name = match &raw.name {
+            Some(n) => check_name(n.get_ref()).map_err(|m| self.err("name", Some(n.span()), m))?,
+            None => default_name(),
+        };
+        let vip_ranges = match &raw.vip_ranges {
+            Some(list) if list.get_ref().is_empty() => {
+                return Err(self.err(
+                    "vip_ranges",
+                    Some(list.span()),
+                    "must not be empty: the NPS connects only to addresses in these ranges",
+                ))
+            }
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.get_ref().parse().map_err(|m| self.err(&format!("vip_ranges[{i}]"), Some(s.span()), m)))
+                .collect::<Result<Vec<Prefix>, _>>()?,
+            None => DEFAULT_VIP_RANGES.iter().map(|r| r.parse().expect("default is valid")).collect(),
         };
         let cert_dir = match raw.cert_dir {
             Some(d) if d.get_ref().as_os_str().is_empty() => {
@@ -323,7 +473,22 @@ impl Validator<'_> {
             pool_first_byte_timeout,
             pool_max_idle_per_node: raw.pool_max_idle_per_node.unwrap_or(DEFAULT_POOL_MAX_IDLE_PER_NODE),
             sites,
+            name,
+            vip_ranges,
+            max_connections: raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_client: raw.max_connections_per_client.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+            max_connections_per_site: raw.max_connections_per_site.unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_SITE),
+            max_header_size,
+            idle_timeout,
+            tunnel_idle_timeout,
         })
+    }
+
+    fn size(&self, key: &str, s: &Spanned<RawSize>) -> Result<u64, ConfigError> {
+        match s.get_ref() {
+            RawSize::Bytes(n) => Ok(*n),
+            RawSize::Text(t) => parse_size(t).map_err(|m| self.err(key, Some(s.span()), m)),
+        }
     }
 
     fn listens(&self, key: &str, list: &[Spanned<String>], default_port: u16) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -354,6 +519,25 @@ impl Validator<'_> {
             None => Ok(Duration::from_millis(default)),
         }
     }
+}
+
+/// A `name`: what goes in `Via` after `1.1 `, so letters, digits, `.`, `-` and `_` only.
+fn check_name(name: &str) -> Result<String, String> {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"-._".contains(&b);
+    if name.is_empty() || name.len() > 253 || !name.bytes().all(ok) {
+        return Err(format!(
+            "{name:?}: must be 1 to 253 letters, digits, '.', '-' or '_' (it is sent in the Via header)"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The host name (`/proc/sys/kernel/hostname`), or [`FALLBACK_NAME`].
+fn default_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .and_then(|h| check_name(h.trim()).ok())
+        .unwrap_or_else(|| FALLBACK_NAME.to_owned())
 }
 
 /// `ip:port`, `[ip6]:port`, or a bare address that gets `default_port`.
@@ -410,6 +594,83 @@ mod tests {
             c.sites,
             [Site { fqdn: "rpi.home.ntm.test".into(), tls: TlsMode::None, upstream_port: 80, upstream_tls_port: 443 }]
         );
+        let vips: Vec<String> = c.vip_ranges.iter().map(|r| r.to_string()).collect();
+        assert_eq!(vips, ["100.64.0.0/10", "fd4e:544d::/32"]);
+        assert!(check_name(&c.name).is_ok(), "{}", c.name);
+        assert_eq!(
+            (c.max_connections, c.max_connections_per_client, c.max_connections_per_site, c.max_header_size),
+            (4096, 64, 1024, 16 << 10)
+        );
+        assert_eq!((c.idle_timeout, c.tunnel_idle_timeout), (Duration::from_secs(60), Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn vip_ranges_are_prefixes() {
+        let c = parse("vip_ranges = [\"100.64.0.0/10\", \"FD4E:544D::/32\", \"127.0.0.1/32\"]\n").unwrap();
+        let is_vip = |ip: &str| c.is_vip(ip.parse().unwrap());
+        assert!(is_vip("100.64.0.2") && is_vip("100.127.255.255") && is_vip("127.0.0.1"));
+        assert!(is_vip("fd4e:544d::2") && is_vip("fd4e:544d:ffff::1"));
+        assert!(is_vip("::ffff:100.64.0.2"), "an IPv4-mapped address is its IPv4 address");
+        for outside in ["100.128.0.1", "100.63.255.255", "127.0.0.2", "198.18.20.2", "fd4e:544e::1", "::1", "::"] {
+            assert!(!is_vip(outside), "{outside}");
+        }
+        let all: Prefix = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()) && !all.contains("2001:db8::1".parse().unwrap()));
+        let one: Prefix = "2001:db8::1/128".parse().unwrap();
+        assert!(one.contains("2001:db8::1".parse().unwrap()) && !one.contains("2001:db8::2".parse().unwrap()));
+
+        let e = parse("\nvip_ranges = [\"100.64.0.0/10\", \"100.64.0.1/10\"]\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/ntm/nps.toml:2: vip_ranges[1]: \"100.64.0.1/10\" has host bits set; did you mean 100.64.0.0/10?"
+        );
+        let e = parse("vip_ranges = [\"100.64.0.0\"]\n").unwrap_err().to_string();
+        assert!(e.contains(":1: vip_ranges[0]: \"100.64.0.0\" is not a prefix"), "{e}");
+        let e = parse("vip_ranges = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
+        assert!(e.contains(":1: vip_ranges[0]: \"10.0.0.0/33\": a prefix length is at most 32"), "{e}");
+        let e = parse("vip_ranges = [\"fd4e::/129\"]\n").unwrap_err().to_string();
+        assert!(e.contains(":1: vip_ranges[0]: ") && e.contains("at most 128"), "{e}");
+        let e = parse("vip_ranges = [\"ntm\"]\n").unwrap_err().to_string();
+        assert!(e.contains(":1: vip_ranges[0]: "), "{e}");
+        let e = parse("\n\nvip_ranges = []\n").unwrap_err().to_string();
+        assert!(e.contains(":3: vip_ranges: must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn name_goes_in_via() {
+        assert_eq!(parse("name = \"nps-1.proxy.ntm.test\"\n").unwrap().name, "nps-1.proxy.ntm.test");
+        for bad in ["", "nps 1", "nps,1", "nps(1)", "é"] {
+            let e = parse(&format!("\nname = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(e.contains(":2: name: ") && e.contains("Via"), "{bad:?}: {e}");
+        }
+        assert!(check_name(&"a".repeat(254)).is_err());
+        assert_eq!(check_name("nps_1"), Ok("nps_1".to_owned()));
+    }
+
+    #[test]
+    fn caps_and_idle_timeouts() {
+        let c = parse(
+            "max_connections = 0\nmax_connections_per_client = 8\nmax_connections_per_site = 2\n\
+             max_header_size = \"8KiB\"\nidle_timeout_ms = 1500\ntunnel_idle_timeout_ms = 2500\n",
+        )
+        .unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_client, c.max_connections_per_site), (0, 8, 2));
+        assert_eq!(c.max_header_size, 8192);
+        assert_eq!(c.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(c.tunnel_idle_timeout, Duration::from_millis(2500));
+        assert_eq!(parse("max_header_size = 1048576\n").unwrap().max_header_size, 1 << 20);
+        let e = parse("\nmax_header_size = \"4KiB\"\n").unwrap_err().to_string();
+        assert!(e.contains(":2: max_header_size: 4096 bytes: must be from 8KiB"), "{e}");
+        let e = parse("max_header_size = \"2MiB\"\n").unwrap_err().to_string();
+        assert!(e.contains(":1: max_header_size: "), "{e}");
+        let e = parse("max_header_size = \"lots\"\n").unwrap_err().to_string();
+        assert!(e.contains(":1: max_header_size: \"lots\" is not a size"), "{e}");
+        let e = parse("idle_timeout_ms = 0\n").unwrap_err().to_string();
+        assert!(e.contains(":1: idle_timeout_ms: must be at least 1 ms"), "{e}");
+        let e = parse("\ntunnel_idle_timeout_ms = 0\n").unwrap_err().to_string();
+        assert!(e.contains(":2: tunnel_idle_timeout_ms: must be at least 1 ms"), "{e}");
+        let e = parse("max_connections_per_client = -1\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("max_connections_per_client"), "{e}");
     }
 
     #[test]
@@ -490,6 +751,15 @@ mod tests {
         assert_eq!(c.resolver, "127.0.0.1:53".parse::<SocketAddr>().unwrap());
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9780".parse().unwrap()));
         assert_eq!(c.max_request_body, 100 << 20);
+        assert_eq!(c.name, "nps");
+        let vips: Vec<String> = c.vip_ranges.iter().map(|r| r.to_string()).collect();
+        assert_eq!(vips, DEFAULT_VIP_RANGES);
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.max_connections_per_client, DEFAULT_MAX_CONNECTIONS_PER_CLIENT);
+        assert_eq!(c.max_connections_per_site, DEFAULT_MAX_CONNECTIONS_PER_SITE);
+        assert_eq!(c.max_header_size, DEFAULT_MAX_HEADER_SIZE);
+        assert_eq!(c.idle_timeout, Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS));
+        assert_eq!(c.tunnel_idle_timeout, Duration::from_millis(DEFAULT_TUNNEL_IDLE_TIMEOUT_MS));
         assert_eq!(c.site("rpi.home.ntm.test").map(|s| s.tls), Some(TlsMode::Terminate));
         assert_eq!(c.site("cam.home.ntm.test").map(|s| s.tls), Some(TlsMode::None));
         assert_eq!(c.site("v6.home.ntm.test").map(|s| s.tls), Some(TlsMode::Passthrough));

@@ -1,7 +1,7 @@
 //! What went wrong while proxying a request, and the small HTML page a browser user gets for it.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,6 +39,21 @@ pub enum ProxyError {
         /// The host the request asked for.
         host: String,
     },
+    /// 508: the request already went through this NPS (its `Via` names it): the site's address
+    /// leads back here.
+    #[error("request loop: the request already went through this proxy ({name})")]
+    Loop {
+        /// This NPS's `name`.
+        name: String,
+    },
+    /// 503: the site's node has `max_connections_per_site` connections through this NPS already.
+    #[error("{fqdn} has {limit} connections already (max_connections_per_site)")]
+    SiteBusy {
+        /// The site's FQDN.
+        fqdn: String,
+        /// The configured `max_connections_per_site`.
+        limit: usize,
+    },
     /// 413: the body is (or announces to be) larger than `max_request_body`.
     #[error("request body larger than {limit} bytes")]
     TooLarge {
@@ -52,6 +67,14 @@ pub enum ProxyError {
         fqdn: String,
         /// What the resolver reported.
         error: ResolveError,
+    },
+    /// 502: the site's name resolved to an address outside `vip_ranges`: no connection is made.
+    #[error("{fqdn} resolved to {addr}, which is outside vip_ranges: not connecting")]
+    NotVip {
+        /// The site's FQDN.
+        fqdn: String,
+        /// What the resolver answered.
+        addr: IpAddr,
     },
     /// 502: the TCP connect to the node's web server failed.
     #[error("cannot connect to {fqdn} at {addr}: {error}")]
@@ -100,10 +123,13 @@ impl ProxyError {
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Loop { .. } => StatusCode::LOOP_DETECTED,
+            ProxyError::SiteBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Resolve { error: ResolveError::Timeout { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Resolve { .. } | ProxyError::ConnectFailed { .. } | ProxyError::Upstream { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Resolve { .. }
+            | ProxyError::NotVip { .. }
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -139,6 +165,22 @@ impl ProxyError {
             ProxyError::TooLarge { limit } => (
                 "The request is too large.".into(),
                 format!("This proxy accepts request bodies of at most {}.", human_bytes(*limit)),
+            ),
+            ProxyError::Loop { name } => (
+                "This request went round in a loop.".into(),
+                format!(
+                    "It had already passed through this proxy ({name}): the site's address leads back to the proxy."
+                ),
+            ),
+            ProxyError::SiteBusy { fqdn, .. } => (
+                format!("The node {fqdn} is busy."),
+                "It has as many connections through this proxy as it may have at once. Try again in a moment.".into(),
+            ),
+            ProxyError::NotVip { fqdn, .. } => (
+                format!("The node {fqdn} cannot be reached."),
+                "Its name did not resolve to a virtual address (VIP) of the NTM network, so this proxy does not \
+                 connect to it."
+                    .into(),
             ),
             ProxyError::Resolve { fqdn, error } => (
                 format!("The node {fqdn} cannot be reached."),
@@ -176,6 +218,9 @@ impl ProxyError {
         if matches!(self, ProxyError::Connect) {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"));
+        }
+        if matches!(self, ProxyError::SiteBusy { .. }) {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
@@ -260,6 +305,14 @@ mod tests {
         let e = ProxyError::Resolve { fqdn: "a.test".into(), error: ResolveError::ServFail };
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
         assert!(futures_body(e.response()).contains("SERVFAIL: the tunnel to the node could not be built"));
+        let e = ProxyError::NotVip { fqdn: "a.test".into(), addr: "192.0.2.9".parse().unwrap() };
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        // The page does not tell the client where the name pointed.
+        assert!(!futures_body(e.response()).contains("192.0.2.9"));
+        assert_eq!(ProxyError::Loop { name: "nps".into() }.status(), StatusCode::LOOP_DETECTED);
+        let resp = ProxyError::SiteBusy { fqdn: "a.test".into(), limit: 1 }.response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
         assert_eq!(human_bytes(100 << 20), "100 MiB");
         assert_eq!(human_duration(Duration::from_millis(1500)), "1500 ms");
     }

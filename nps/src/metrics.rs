@@ -18,6 +18,11 @@ use crate::errors::{full, BoxBody};
 /// Label of requests that matched no site.
 pub const NO_SITE: &str = "-";
 
+/// The `reason` labels of `nps_refused_total`: the connection caps (by their keys), a resolved
+/// address outside `vip_ranges`, and a request or connection that came back to this NPS.
+pub const REFUSALS: [&str; 5] =
+    ["max_connections", "max_connections_per_client", "max_connections_per_site", "not_vip", "loop"];
+
 /// Every counter of the proxy, shared by the listeners, the request handlers and the
 /// `/metrics` server. The counters without accessor methods are updated in place by whoever
 /// sees the event; bytes of relayed connections are added when the connection closes cleanly.
@@ -31,8 +36,15 @@ pub struct Metrics {
     pub connections_accepted_http: AtomicU64,
     /// Client connections accepted on a `listen_https` socket (before any TLS).
     pub connections_accepted_https: AtomicU64,
-    /// Client connections open now (a gauge: up on accept, down on close).
+    /// Client connections open now (a gauge: up on accept, down on close), TLS handshakes and
+    /// upgraded connections included.
     pub connections_open: AtomicI64,
+    /// Connections and requests refused, by [`REFUSALS`] reason.
+    refused: [AtomicU64; REFUSALS.len()],
+    /// Client HTTP connections closed after `idle_timeout_ms` without a request.
+    pub idle_closed_http: AtomicU64,
+    /// WebSocket and TLS passthrough connections closed after `tunnel_idle_timeout_ms` without a byte.
+    pub idle_closed_tunnels: AtomicU64,
     /// TLS connections that failed before HTTP: no or a bad ClientHello in time, no site
     /// terminating TLS, or a failed handshake.
     pub tls_handshake_errors: AtomicU64,
@@ -73,6 +85,9 @@ impl Default for Metrics {
             connections_accepted_http: AtomicU64::default(),
             connections_accepted_https: AtomicU64::default(),
             connections_open: AtomicI64::default(),
+            refused: Default::default(),
+            idle_closed_http: AtomicU64::default(),
+            idle_closed_tunnels: AtomicU64::default(),
             tls_handshake_errors: AtomicU64::default(),
             upgrades: AtomicU64::default(),
             upgraded_bytes_in: AtomicU64::default(),
@@ -147,6 +162,13 @@ impl Metrics {
         }
     }
 
+    /// A connection or request refused, for `reason`, one of [`REFUSALS`].
+    pub fn refused(&self, reason: &str) {
+        if let Some(i) = REFUSALS.iter().position(|r| *r == reason) {
+            self.refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
     /// A site's VIP taken from the resolver's cache, without asking ntmd.
     pub fn resolution_cached(&self) {
         self.resolve_cached.fetch_add(1, Relaxed);
@@ -216,6 +238,20 @@ impl Metrics {
             [("http", load(&self.connections_accepted_http)), ("https", load(&self.connections_accepted_https))],
         );
         p.gauge("nps_connections_open", "Client connections open.", self.connections_open.load(Relaxed));
+        p.counters(
+            "nps_refused",
+            "Connections and requests refused: by a connection cap (named by its key), for a resolved \
+             address outside vip_ranges (not_vip), or because they came back to this NPS (loop).",
+            "reason",
+            REFUSALS.iter().zip(&self.refused).map(|(r, n)| (*r, load(n))),
+        );
+        p.counters(
+            "nps_idle_closed",
+            "Connections closed for being idle: client HTTP connections without a request (http), \
+             WebSocket and TLS passthrough connections without a byte (tunnel).",
+            "connection",
+            [("http", load(&self.idle_closed_http)), ("tunnel", load(&self.idle_closed_tunnels))],
+        );
         let counters: [(&str, &str, &AtomicU64); 11] = [
             ("nps_tls_handshake_errors", "Failed TLS handshakes.", &self.tls_handshake_errors),
             ("nps_upgrades", "Upgraded connections (WebSocket) relayed.", &self.upgrades),
@@ -275,6 +311,7 @@ mod tests {
         m.upstream_retry("rpi.home.ntm.test");
         m.resolution(Duration::from_micros(300), None);
         m.resolution(Duration::from_millis(3), Some("servfail"));
+        m.refused("not_vip");
         let text = m.render();
         assert!(text.contains("nps_requests_total{site=\"rpi.home.ntm.test\",class=\"2xx\"} 1\n"), "{text}");
         assert!(text.contains("nps_requests_total{site=\"rpi.home.ntm.test\",class=\"5xx\"} 1\n"), "{text}");
@@ -286,5 +323,8 @@ mod tests {
         assert!(text.contains("nps_resolve_duration_seconds_bucket{le=\"0.0005\",result=\"ok\"} 1\n"), "{text}");
         assert!(text.contains("nps_resolve_duration_seconds_count{result=\"error\"} 1\n"), "{text}");
         assert!(text.contains("nps_resolve_errors_total{reason=\"servfail\"} 1\n"), "{text}");
+        assert!(text.contains("nps_refused_total{reason=\"not_vip\"} 1\n"), "{text}");
+        assert!(text.contains("nps_refused_total{reason=\"loop\"} 0\n"), "{text}");
+        assert!(text.contains("nps_idle_closed_total{connection=\"tunnel\"} 0\n"), "{text}");
     }
 }

@@ -1,12 +1,16 @@
 //! The reverse proxy, in phases (the shape of pingora's `ProxyHttp`):
 //!
-//! 1. [`request_filter`]: which site is asked for (Host / `:authority`), and refusals: unknown
-//!    host (404), absolute-form for another host (403), CONNECT (405), Host ≠ SNI (421), body too
-//!    large (413);
+//! 1. [`request_filter`]: which site is asked for (Host / `:authority`), and refusals: a request
+//!    that went through this NPS already (its `Via` names it: 508), unknown host (404),
+//!    absolute-form for another host (403), CONNECT (405), Host ≠ SNI (421), body too large
+//!    (413); then the site's connection cap (`max_connections_per_site`, 503);
 //! 2. [`upstream_peer`]: the node's VIP, resolved through the local `ntmd` (which builds the tunnel
-//!    or waits for the build in progress);
+//!    or waits for the build in progress); an address outside `vip_ranges` is refused (502)
+//!    without a connection, whatever the resolver said;
 //! 3. [`upstream_request_filter`]: the request as the node gets it (origin-form, HTTP/1.1,
-//!    hop-by-hop headers removed, `X-Forwarded-*` and `Forwarded` added);
+//!    hop-by-hop headers removed, `Via` appended). The NPS is the edge: `X-Forwarded-For`,
+//!    `-Proto`, `-Host`, `Forwarded` and `X-Real-IP` are set from what it saw, and whatever the
+//!    client sent in their place, or in other headers that claim a client address, is dropped;
 //! 4. the exchange, on a pooled connection to the node ([`crate::pool`]), upgrades included; a
 //!    pooled connection that stays silent (its tunnel died) is dropped, and the request sent
 //!    again on a new connection when that is safe;
@@ -27,8 +31,10 @@ use hyper::body::Incoming;
 
 use crate::accesslog::{AccessLog, Entry};
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
-use crate::config::{Config, Site};
+use crate::config::{canonical, Config, Site};
 use crate::errors::{BoxBody, ProxyError};
+use crate::idle::Activity;
+use crate::limits::{ConnSlot, Limits, SiteSlot};
 use crate::metrics::{Metrics, NO_SITE};
 use crate::pool::{Pool, SendError, Timeouts};
 use crate::resolve::{ResolveError, Resolver};
@@ -51,6 +57,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The TLS server configuration of the terminated sites.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The connection caps' counts, the same across reloads.
+    pub limits: Arc<Limits>,
+    /// What this NPS adds to `Via`: `1.1 <name>`.
+    via: HeaderValue,
 }
 
 /// Why a configuration could not be put into service (at start or on reload).
@@ -66,7 +76,7 @@ pub enum BuildError {
 
 impl Shared {
     /// Loads the certificates and opens the access log of `config`. Needs a tokio runtime.
-    pub fn build(config: Config, metrics: Arc<Metrics>) -> Result<Shared, BuildError> {
+    pub fn build(config: Config, metrics: Arc<Metrics>, limits: Arc<Limits>) -> Result<Shared, BuildError> {
         let tls = crate::tls::server_config(&config)?;
         let access_log = match &config.access_log {
             Some(target) => Some(AccessLog::open(target, metrics.clone()).map_err(BuildError::AccessLog)?),
@@ -76,7 +86,18 @@ impl Shared {
         let resolver = Resolver::new(config.resolver, config.connect_timeout)
             .with_observer(Arc::new(move |took, r| m.resolution(took, r.err().map(ResolveError::kind))));
         let pool = Pool::new(config.pool_idle_timeout, config.pool_max_idle_per_node, metrics.clone());
-        Ok(Shared { sites: config.site_map(), config, resolver: Arc::new(resolver), pool, access_log, metrics, tls })
+        let via = HeaderValue::from_str(&format!("1.1 {}", config.name)).expect("a checked name is a valid value");
+        Ok(Shared {
+            sites: config.site_map(),
+            config,
+            resolver: Arc::new(resolver),
+            pool,
+            access_log,
+            metrics,
+            tls,
+            limits,
+            via,
+        })
     }
 
     /// The site serving `host` (normalized: lowercase, no port, no trailing dot).
@@ -86,7 +107,7 @@ impl Shared {
 }
 
 /// The client connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     /// The client's address and port, as accepted.
     pub peer: SocketAddr,
@@ -94,6 +115,11 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS server name the client asked for.
     pub sni: Option<String>,
+    /// Counts the connection against the connection caps for as long as anything uses it: the
+    /// connection, its requests, its upgraded (WebSocket) tunnel.
+    pub(crate) _slot: ConnSlot,
+    /// Requests in progress and the last activity, for `idle_timeout_ms`.
+    pub(crate) activity: Arc<Activity>,
 }
 
 /// What the logging phase needs, captured when the request arrives.
@@ -110,6 +136,9 @@ pub struct RequestLog {
     site: Option<String>,
     status: u16,
     bytes_in: Arc<AtomicU64>,
+    /// The request's place under `max_connections_per_site`, given back once the response is
+    /// done (or handed to the upgraded tunnel).
+    site_slot: Option<SiteSlot>,
 }
 
 impl RequestLog {
@@ -131,6 +160,7 @@ impl RequestLog {
             site: None,
             status: 0,
             bytes_in: Arc::new(AtomicU64::new(0)),
+            site_slot: None,
         }
     }
 
@@ -163,6 +193,7 @@ pub async fn handle(
     drain: DrainToken,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let busy = conn.activity.begin();
     let mut log = RequestLog::new(shared.clone(), &conn, &req);
     let http1 = req.version() < Version::HTTP_2;
     let resp = match proxy(&shared, &conn, &drain, &mut log, req).await {
@@ -170,10 +201,19 @@ pub async fn handle(
         Err(e) => {
             let status = e.status();
             let site = log.site.as_deref().unwrap_or(NO_SITE);
-            if status.is_server_error() {
-                tracing::warn!(client = %conn.peer, site, "{status}: {e}");
-            } else {
-                tracing::debug!(client = %conn.peer, site, "{status}: {e}");
+            let limits = &shared.limits;
+            let limiter = match &e {
+                ProxyError::Loop { .. } | ProxyError::NotVip { .. } => Some(&limits.log_refused),
+                ProxyError::SiteBusy { .. } => Some(&limits.log_sites),
+                _ if status.is_server_error() => Some(&limits.log_upstream),
+                _ => None,
+            };
+            match limiter {
+                // Anyone can cause these: at most a line a second of each kind.
+                Some(l) => {
+                    l.hit(|held| tracing::warn!(client = %conn.peer, site, unlogged_since_last = held, "{status}: {e}"))
+                }
+                None => tracing::debug!(client = %conn.peer, site, "{status}: {e}"),
             }
             let mut resp = e.response();
             if http1 && matches!(e, ProxyError::TooLarge { .. } | ProxyError::BadRequest(_)) {
@@ -185,18 +225,28 @@ pub async fn handle(
     };
     log.status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, ResponseBody::new(body, Box::new(move |sent| log.finish(sent)))))
+    let done = move |sent| {
+        log.finish(sent);
+        drop(busy);
+    };
+    Ok(Response::from_parts(parts, ResponseBody::new(body, Box::new(done))))
 }
 
 async fn proxy(
     shared: &Arc<Shared>,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     drain: &DrainToken,
     log: &mut RequestLog,
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, ProxyError> {
     let (site, host) = request_filter(shared, conn, &req)?;
     log.site = Some(site.fqdn.clone());
+    let cap = shared.config.max_connections_per_site;
+    let slot = shared.limits.site(&site.fqdn, cap).map_err(|_| {
+        shared.metrics.refused("max_connections_per_site");
+        ProxyError::SiteBusy { fqdn: site.fqdn.clone(), limit: cap }
+    })?;
+    log.site_slot = Some(slot);
     let connect_deadline = tokio::time::Instant::now() + shared.config.connect_timeout;
     let peer = upstream_peer(shared, &site, connect_deadline).await?;
 
@@ -213,7 +263,9 @@ async fn proxy(
         match client_upgrade {
             Some(client) => {
                 let node = hyper::upgrade::on(&mut resp);
-                upgrade::spawn_tunnel(client, node, site.fqdn.clone(), shared.metrics.clone(), drain.clone());
+                // The tunnel holds the client connection's and the site's slots for its life.
+                let keep = (conn.clone(), log.site_slot.take());
+                upgrade::spawn_tunnel(client, node, site.fqdn.clone(), shared, keep, drain.clone());
             }
             None => {
                 return Err(ProxyError::Upstream {
@@ -232,6 +284,10 @@ fn request_filter<B: http_body::Body>(
     conn: &ConnInfo,
     req: &Request<B>,
 ) -> Result<(Site, String), ProxyError> {
+    if via_names(req.headers(), &shared.config.name) {
+        shared.metrics.refused("loop");
+        return Err(ProxyError::Loop { name: shared.config.name.clone() });
+    }
     if req.method() == Method::CONNECT {
         return Err(ProxyError::Connect);
     }
@@ -294,8 +350,46 @@ async fn upstream_peer(shared: &Shared, site: &Site, deadline: tokio::time::Inst
     if resolved.cached {
         shared.metrics.resolution_cached();
     }
-    Ok(SocketAddr::new(resolved.addr, site.upstream_port))
+    // Fail closed: a resolver that failed over to the public DNS, or an answer spoofed, must not
+    // send the request (decrypted, for a terminated site) anywhere but into a tunnel.
+    if !shared.config.is_vip(resolved.addr) {
+        shared.metrics.refused("not_vip");
+        return Err(ProxyError::NotVip { fqdn: site.fqdn.clone(), addr: resolved.addr });
+    }
+    Ok(SocketAddr::new(canonical(resolved.addr), site.upstream_port))
 }
+
+/// Whether a `Via` header names `name` as a proxy the message went through (`1.1 name`, or
+/// `HTTP/1.1 name:port`; case-insensitive).
+pub fn via_names(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.split_whitespace().nth(1))
+        .any(|by| {
+            let host = match by.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => by,
+            };
+            host.eq_ignore_ascii_case(name)
+        })
+}
+
+/// Headers in which clients claim an address of theirs, read by one web framework or another:
+/// the NPS, the edge, sends the nodes none but its own (`X-Forwarded-*` go too, all of them).
+const CLIENT_ADDRESS_HEADERS: [&str; 9] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "forwarded-for",
+];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded; `Upgrade` survives for upgrades.
 const HOP_BY_HOP: [&str; 9] = [
@@ -365,38 +459,40 @@ fn upstream_request_filter(
     let host_value = HeaderValue::from_str(host).map_err(|_| ProxyError::BadRequest("bad host".into()))?;
     h.insert(header::HOST, host_value.clone());
 
-    let client = match conn.peer.ip() {
-        IpAddr::V6(v6) => v6.to_canonical(),
-        v4 => v4,
-    };
+    // The NPS is the edge: where the request came from is what it saw, not what the client says.
+    let claimed: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-forwarded-") || CLIENT_ADDRESS_HEADERS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for name in claimed {
+        h.remove(name);
+    }
+    let client = canonical(conn.peer.ip());
     let proto = if conn.tls { "https" } else { "http" };
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let client_str = client.to_string();
-    let forwarded_for = if h.contains_key(&xff) {
-        let prior = join_values(h, xff.clone(), ", ");
-        let mut v = prior.as_bytes().to_vec();
-        v.extend_from_slice(b", ");
-        v.extend_from_slice(client_str.as_bytes());
-        HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_str(&client_str).expect("an IP is valid"))
-    } else {
-        HeaderValue::from_str(&client_str).expect("an IP is valid")
-    };
-    h.insert(xff, forwarded_for);
+    let client_value = HeaderValue::from_str(&client.to_string()).expect("an IP is valid");
+    h.insert(HeaderName::from_static("x-forwarded-for"), client_value.clone());
+    h.insert(HeaderName::from_static("x-real-ip"), client_value);
     h.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
     h.insert(HeaderName::from_static("x-forwarded-host"), host_value);
     let for_param = match client {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    let element = format!("for={for_param};proto={proto};host={}", forwarded_value(host));
-    let forwarded = if h.contains_key(header::FORWARDED) {
-        format!("{}, {element}", join_values(h, header::FORWARDED, ", ").to_str().unwrap_or_default())
-    } else {
-        element
-    };
+    let forwarded = format!("for={for_param};proto={proto};host={}", forwarded_value(host));
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         h.insert(header::FORWARDED, v);
     }
+    // Via: the hops before, then this one (a request that comes back here is refused).
+    let via = if h.contains_key(header::VIA) {
+        let mut v = join_values(h, header::VIA, ", ").as_bytes().to_vec();
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(shared.via.as_bytes());
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| shared.via.clone())
+    } else {
+        shared.via.clone()
+    };
+    h.insert(header::VIA, via);
     let body = RequestBody::new(body, shared.config.max_request_body, bytes_in);
     Ok(Request::from_parts(parts, body))
 }
@@ -499,6 +595,18 @@ mod tests {
         assert_eq!(up.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(up.get(header::CONNECTION).unwrap(), "upgrade");
         assert!(!up.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn via_names_this_proxy_in_any_hop() {
+        let mut h = HeaderMap::new();
+        assert!(!via_names(&h, "edge-1"));
+        h.append(header::VIA, HeaderValue::from_static("1.0 fred, 1.1 p.example.net (Apache/1.1)"));
+        assert!(!via_names(&h, "edge-1"));
+        assert!(via_names(&h, "P.example.NET"));
+        h.append(header::VIA, HeaderValue::from_static("HTTP/1.1 EDGE-1:8080"));
+        assert!(via_names(&h, "edge-1"));
+        assert!(!via_names(&h, "edge"));
     }
 
     #[test]

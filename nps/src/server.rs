@@ -6,7 +6,11 @@
 //! (terminate) and served the same way. Every request takes the configuration generation that is
 //! current when it arrives, so a reload (SIGHUP) applies to the next request, keep-alive
 //! connections included.
+//!
+//! A new client connection is first counted against `max_connections` and
+//! `max_connections_per_client` ([`crate::limits`]), and closed at once past them.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,7 +24,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, TlsMode};
+use crate::config::{canonical, Config, TlsMode};
+use crate::idle::{relay, End};
+use crate::limits::{ConnSlot, Limits};
 use crate::metrics::Metrics;
 use crate::proxy::{self, BuildError, ConnInfo, Shared};
 use crate::tls::{self, Rewind};
@@ -72,6 +78,11 @@ struct Listener {
 struct Inner {
     current: RwLock<Arc<Shared>>,
     metrics: Arc<Metrics>,
+    /// The open connections counted against the caps, across reloads.
+    limits: Arc<Limits>,
+    /// The local addresses of this NPS's own TLS passthrough connections to nodes: one of them
+    /// coming in on a listener is a loop (the site's VIP leads back here).
+    passthrough_sources: Mutex<HashSet<SocketAddr>>,
     /// Becomes true when the server shuts down: connections finish their requests and close.
     shutdown: watch::Receiver<bool>,
 }
@@ -95,11 +106,20 @@ impl Server {
     /// Loads certificates, opens the access log, binds every listener and starts serving.
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let metrics = Arc::new(Metrics::default());
-        let shared = Arc::new(Shared::build(config, metrics.clone())?);
+        let limits = Limits::new(metrics.clone());
+        let shared = Arc::new(Shared::build(config, metrics.clone(), limits.clone())?);
+        warn_if_too_few_descriptors(&shared.config);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (drain_tx, drained) = mpsc::channel(1);
+        let inner = Inner {
+            current: RwLock::new(shared.clone()),
+            metrics,
+            limits,
+            passthrough_sources: Mutex::default(),
+            shutdown: shutdown_rx,
+        };
         let server = Server {
-            inner: Arc::new(Inner { current: RwLock::new(shared.clone()), metrics, shutdown: shutdown_rx }),
+            inner: Arc::new(inner),
             listeners: Mutex::new(Vec::new()),
             shutdown,
             drain: Mutex::new(Some(DrainToken(drain_tx))),
@@ -131,7 +151,8 @@ impl Server {
     }
 
     fn try_reload(&self, config: Config) -> Result<(), ServerError> {
-        let shared = Arc::new(Shared::build(config, self.inner.metrics.clone())?);
+        let shared = Arc::new(Shared::build(config, self.inner.metrics.clone(), self.inner.limits.clone())?);
+        warn_if_too_few_descriptors(&shared.config);
         let bound = self.bind_missing(&shared.config)?;
         let wanted = wanted(&shared.config);
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,6 +232,26 @@ fn wanted(config: &Config) -> Vec<(Kind, SocketAddr)> {
     w
 }
 
+/// Warns when the process may open fewer files than `max_connections` needs (a client and a
+/// node connection each, and some more), which would fail connections at random instead.
+fn warn_if_too_few_descriptors(config: &Config) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else { return };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    let needed = config.max_connections.saturating_mul(2).saturating_add(256);
+    match soft {
+        Some(soft) if config.max_connections != 0 && soft < needed => tracing::warn!(
+            "max_connections = {} needs about {needed} file descriptors, but the limit is {soft}: \
+             raise it (LimitNOFILE=, ulimit -n) or lower max_connections",
+            config.max_connections
+        ),
+        _ => {}
+    }
+}
+
 /// A listening socket; IPv6 ones are v6-only (list both families to serve both).
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -248,36 +289,43 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let inner = inner.clone();
         let drain = drain.clone();
+        if kind == Kind::Metrics {
+            tokio::spawn(serve_metrics(inner, stream, drain));
+            continue;
+        }
+        let counter = match kind {
+            Kind::Http => &inner.metrics.connections_accepted_http,
+            _ => &inner.metrics.connections_accepted_https,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = admit(&inner, &stream, peer) else { continue };
         match kind {
             Kind::Http => {
-                inner.metrics.connections_accepted_http.fetch_add(1, Ordering::Relaxed);
-                let conn = Arc::new(ConnInfo { peer, tls: false, sni: None });
+                let conn = Arc::new(ConnInfo { peer, tls: false, sni: None, _slot: slot, activity: Arc::default() });
                 tokio::spawn(serve_http(inner, stream, conn, drain));
             }
-            Kind::Https => {
-                inner.metrics.connections_accepted_https.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve_https(inner, stream, peer, drain));
-            }
-            Kind::Metrics => {
-                tokio::spawn(serve_metrics(inner, stream, drain));
+            _ => {
+                tokio::spawn(serve_https(inner, stream, peer, slot, drain));
             }
         }
     }
 }
 
-/// Counts an open client connection for as long as it lives.
-struct OpenConn(Arc<Metrics>);
-
-impl OpenConn {
-    fn new(m: &Arc<Metrics>) -> OpenConn {
-        m.connections_open.fetch_add(1, Ordering::Relaxed);
-        OpenConn(m.clone())
-    }
-}
-
-impl Drop for OpenConn {
-    fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+/// Counts a new client connection against `max_connections` and `max_connections_per_client`;
+/// past them, `None`, and the connection is reset (it leaves nothing in TIME_WAIT here).
+fn admit(inner: &Inner, stream: &TcpStream, peer: SocketAddr) -> Option<ConnSlot> {
+    let config = &inner.current().config;
+    match inner.limits.connection(peer.ip(), config.max_connections, config.max_connections_per_client) {
+        Ok(slot) => Some(slot),
+        Err(over) => {
+            inner.metrics.refused(over.key());
+            inner
+                .limits
+                .log_connections
+                .hit(|held| tracing::warn!(client = %peer, unlogged_since_last = held, "connection refused: {over}"));
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+            None
+        }
     }
 }
 
@@ -286,13 +334,17 @@ async fn serve_http<I>(inner: Arc<Inner>, io: I, conn: Arc<ConnInfo>, drain: Dra
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _open = OpenConn::new(&inner.metrics);
-    let header_timeout = inner.current().config.header_timeout;
+    let (header_timeout, idle_timeout, max_header_size) = {
+        let shared = inner.current();
+        (shared.config.header_timeout, shared.config.idle_timeout, shared.config.max_header_size)
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // A request head larger than the read buffer gets 431 (from hyper, or h2 for HTTP/2).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(max_header_size);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         // Pings find HTTP/2 clients that vanished without closing.
         .keep_alive_interval(Duration::from_secs(60))
@@ -312,6 +364,12 @@ where
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        _ = conn.activity.idle(idle_timeout) => {
+            inner.metrics.idle_closed_http.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %conn.peer, "connection idle for {idle_timeout:?}: closing");
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
     };
     if let Err(e) = result {
         tracing::debug!(client = %conn.peer, "connection ended: {e}");
@@ -320,7 +378,7 @@ where
 }
 
 /// A TLS connection: relayed by SNI to a passthrough site's node, or terminated here.
-async fn serve_https(inner: Arc<Inner>, mut stream: TcpStream, peer: SocketAddr, drain: DrainToken) {
+async fn serve_https(inner: Arc<Inner>, mut stream: TcpStream, peer: SocketAddr, slot: ConnSlot, drain: DrainToken) {
     let shared = inner.current();
     let hello = match tokio::time::timeout(shared.config.header_timeout, tls::read_client_hello(&mut stream)).await {
         Ok(Ok(h)) => h,
@@ -335,11 +393,30 @@ async fn serve_https(inner: Arc<Inner>, mut stream: TcpStream, peer: SocketAddr,
             return;
         }
     };
+    // Our own passthrough connection has come back: its site's VIP leads here. (Its ClientHello
+    // was sent only once its source address was recorded.)
+    if inner.passthrough_sources.lock().unwrap_or_else(|e| e.into_inner()).contains(&peer) {
+        inner.metrics.refused("loop");
+        inner.limits.log_refused.hit(|held| {
+            tracing::warn!(sni = ?hello.sni, unlogged_since_last = held, "TLS passthrough loop: the site's VIP leads back to this NPS")
+        });
+        return;
+    }
     let site = hello.sni.as_deref().and_then(|sni| shared.site(sni)).cloned();
     if let Some(site) = site.filter(|s| s.tls == TlsMode::Passthrough) {
-        let _open = OpenConn::new(&inner.metrics);
-        passthrough(&shared, &site.fqdn, site.upstream_tls_port, hello.bytes, stream, peer).await;
-        drop(drain);
+        let cap = shared.config.max_connections_per_site;
+        let site_slot = match inner.limits.site(&site.fqdn, cap) {
+            Ok(s) => s,
+            Err(over) => {
+                inner.metrics.refused(over.key());
+                inner.limits.log_sites.hit(|held| {
+                    tracing::warn!(client = %peer, site = site.fqdn, unlogged_since_last = held, "TLS passthrough refused: {over}")
+                });
+                return;
+            }
+        };
+        passthrough(&inner, &shared, &site.fqdn, site.upstream_tls_port, hello.bytes, stream, peer).await;
+        drop((site_slot, slot, drain));
         return;
     }
     let Some(config) = shared.tls.clone() else {
@@ -363,57 +440,114 @@ async fn serve_https(inner: Arc<Inner>, mut stream: TcpStream, peer: SocketAddr,
         }
     };
     drop(shared);
-    let conn = Arc::new(ConnInfo { peer, tls: true, sni: hello.sni });
+    let conn = Arc::new(ConnInfo { peer, tls: true, sni: hello.sni, _slot: slot, activity: Arc::default() });
     serve_http(inner, tls, conn, drain).await;
 }
 
-/// Relays a TLS connection untouched to `port` (443) of the node `fqdn`.
-async fn passthrough(shared: &Shared, fqdn: &str, port: u16, hello: Vec<u8>, mut client: TcpStream, peer: SocketAddr) {
+/// Relays a TLS connection untouched to `port` (443) of the node `fqdn`, until either side
+/// closes or nothing moves for `tunnel_idle_timeout_ms`.
+async fn passthrough(
+    inner: &Inner,
+    shared: &Shared,
+    fqdn: &str,
+    port: u16,
+    hello: Vec<u8>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
     let m = &shared.metrics;
+    let log = &inner.limits.log_upstream;
     m.passthrough_connections.fetch_add(1, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + shared.config.connect_timeout;
     let vip = match tokio::time::timeout_at(deadline, shared.resolver.resolve(fqdn)).await {
         Ok(Ok(r)) => r.addr,
         Ok(Err(e)) => {
             m.passthrough_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client = %peer, site = fqdn, "TLS passthrough: cannot resolve: {e}");
+            log.hit(|held| {
+                tracing::warn!(client = %peer, site = fqdn, unlogged_since_last = held, "TLS passthrough: cannot resolve: {e}")
+            });
             return;
         }
         Err(_) => {
             m.passthrough_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client = %peer, site = fqdn, "TLS passthrough: resolution timed out");
+            log.hit(|held| {
+                tracing::warn!(client = %peer, site = fqdn, unlogged_since_last = held, "TLS passthrough: resolution timed out")
+            });
             return;
         }
     };
-    let addr = SocketAddr::new(vip, port);
+    if !shared.config.is_vip(vip) {
+        m.passthrough_errors.fetch_add(1, Ordering::Relaxed);
+        m.refused("not_vip");
+        inner.limits.log_refused.hit(|held| {
+            tracing::warn!(
+                client = %peer,
+                site = fqdn,
+                unlogged_since_last = held,
+                "TLS passthrough: {fqdn} resolved to {vip}, which is outside vip_ranges: not connecting"
+            )
+        });
+        return;
+    }
+    let addr = SocketAddr::new(canonical(vip), port);
     let mut node = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             m.upstream_connect(fqdn, false);
             m.passthrough_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client = %peer, site = fqdn, %addr, "TLS passthrough: cannot connect: {e}");
+            log.hit(|held| {
+                tracing::warn!(client = %peer, site = fqdn, %addr, unlogged_since_last = held, "TLS passthrough: cannot connect: {e}")
+            });
             return;
         }
         Err(_) => {
             m.upstream_connect(fqdn, false);
             m.passthrough_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client = %peer, site = fqdn, %addr, "TLS passthrough: connect timed out");
+            log.hit(|held| {
+                tracing::warn!(client = %peer, site = fqdn, %addr, unlogged_since_last = held, "TLS passthrough: connect timed out")
+            });
             return;
         }
     };
     m.upstream_connect(fqdn, true);
     let _ = node.set_nodelay(true);
+    let source = node.local_addr().ok();
+    let _source = source.map(|a| PassthroughSource::new(inner, a));
     if let Err(e) = node.write_all(&hello).await {
         tracing::debug!(client = %peer, site = fqdn, "TLS passthrough: {e}");
         return;
     }
     tracing::debug!(client = %peer, site = fqdn, %addr, "TLS passthrough");
-    match tokio::io::copy_bidirectional(&mut client, &mut node).await {
-        Ok((up, down)) => {
-            m.passthrough_bytes_in.fetch_add(up + hello.len() as u64, Ordering::Relaxed);
-            m.passthrough_bytes_out.fetch_add(down, Ordering::Relaxed);
+    let idle = shared.config.tunnel_idle_timeout;
+    let r = relay(&mut client, &mut node, idle).await;
+    m.passthrough_bytes_in.fetch_add(r.a_to_b + hello.len() as u64, Ordering::Relaxed);
+    m.passthrough_bytes_out.fetch_add(r.b_to_a, Ordering::Relaxed);
+    match r.end {
+        End::Closed => {}
+        End::Idle => {
+            m.idle_closed_tunnels.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %peer, site = fqdn, "TLS passthrough idle for {idle:?}: closed");
         }
-        Err(e) => tracing::debug!(client = %peer, site = fqdn, "TLS passthrough ended: {e}"),
+        End::Failed(e) => tracing::debug!(client = %peer, site = fqdn, "TLS passthrough ended: {e}"),
+    }
+}
+
+/// Records the source address of a passthrough connection for as long as it is open.
+struct PassthroughSource<'a> {
+    inner: &'a Inner,
+    addr: SocketAddr,
+}
+
+impl<'a> PassthroughSource<'a> {
+    fn new(inner: &'a Inner, addr: SocketAddr) -> Self {
+        inner.passthrough_sources.lock().unwrap_or_else(|e| e.into_inner()).insert(addr);
+        PassthroughSource { inner, addr }
+    }
+}
+
+impl Drop for PassthroughSource<'_> {
+    fn drop(&mut self) {
+        self.inner.passthrough_sources.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.addr);
     }
 }
 

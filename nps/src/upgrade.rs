@@ -1,16 +1,17 @@
 //! HTTP/1.1 Upgrade (WebSocket) pass-through: the request goes to the node with its `Connection:
 //! upgrade` and `Upgrade` headers; when the node answers `101 Switching Protocols`, both sides
-//! are upgraded by hyper and the bytes are copied both ways until either side closes.
+//! are upgraded by hyper and the bytes are copied both ways until either side closes, or nothing
+//! moves for `tunnel_idle_timeout_ms`.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, Request, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::metrics::Metrics;
+use crate::idle::{relay, End};
+use crate::proxy::Shared;
 use crate::server::DrainToken;
 
 /// Does this request ask for a protocol upgrade the node should see (HTTP/1.1 `Connection:
@@ -38,11 +39,23 @@ pub fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &st
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Once both sides have switched protocols, relays the bytes between them in a task of its own.
-pub fn spawn_tunnel(client: OnUpgrade, node: OnUpgrade, site: String, metrics: Arc<Metrics>, drain: DrainToken) {
+/// Once both sides have switched protocols, relays the bytes between them in a task of its own,
+/// until either side closes or nothing moves for `tunnel_idle_timeout_ms`. `keep` (the slots of
+/// the client connection and of the site) is held as long as the tunnel.
+pub fn spawn_tunnel(
+    client: OnUpgrade,
+    node: OnUpgrade,
+    site: String,
+    shared: &Shared,
+    keep: impl Send + 'static,
+    drain: DrainToken,
+) {
+    let metrics = shared.metrics.clone();
+    let idle = shared.config.tunnel_idle_timeout;
     metrics.upgrades.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let _drain = drain;
+        let _keep = keep;
         let (client, node) = match tokio::try_join!(client, node) {
             Ok(both) => both,
             Err(e) => {
@@ -52,13 +65,16 @@ pub fn spawn_tunnel(client: OnUpgrade, node: OnUpgrade, site: String, metrics: A
         };
         let mut client = TokioIo::new(client);
         let mut node = TokioIo::new(node);
-        match tokio::io::copy_bidirectional(&mut client, &mut node).await {
-            Ok((up, down)) => {
-                metrics.upgraded_bytes_in.fetch_add(up, Ordering::Relaxed);
-                metrics.upgraded_bytes_out.fetch_add(down, Ordering::Relaxed);
-                tracing::debug!(site, up, down, "upgraded connection closed");
+        let r = relay(&mut client, &mut node, idle).await;
+        metrics.upgraded_bytes_in.fetch_add(r.a_to_b, Ordering::Relaxed);
+        metrics.upgraded_bytes_out.fetch_add(r.b_to_a, Ordering::Relaxed);
+        match r.end {
+            End::Closed => tracing::debug!(site, up = r.a_to_b, down = r.b_to_a, "upgraded connection closed"),
+            End::Idle => {
+                metrics.idle_closed_tunnels.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(site, "upgraded connection idle for {idle:?}: closed");
             }
-            Err(e) => tracing::debug!(site, "upgraded connection ended: {e}"),
+            End::Failed(e) => tracing::debug!(site, "upgraded connection ended: {e}"),
         }
     });
 }

@@ -65,7 +65,8 @@ async fn sighup_reloads_and_sigterm_drains() {
     let port = free_port();
     let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let base = format!(
-        "listen_http = [\"127.0.0.1:{port}\"]\nresolver = \"{}\"\nupstream_port = {}\naccess_log = \"access.log\"\n",
+        "listen_http = [\"127.0.0.1:{port}\"]\nresolver = \"{}\"\nupstream_port = {}\naccess_log = \"access.log\"\n\
+         vip_ranges = [\"127.0.0.0/8\"]\n",
         dns.addr,
         up.port()
     );
