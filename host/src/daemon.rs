@@ -71,6 +71,19 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// Raises the soft limit of open files to the hard limit, as servers do: the default soft
+/// limit (1024) is far below what a proxy or a DC with many clients holds open.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!("cannot raise the open files limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+}
+
 /// Sets up logging on stderr.
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -119,6 +132,7 @@ pub fn main<D: Daemon>() -> ExitCode {
             }
         };
     }
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
