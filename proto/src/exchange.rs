@@ -57,41 +57,102 @@ impl Backoff {
 }
 
 /// Strictly increasing timestamps for outgoing requests.
+///
+/// They follow the wall clock, moved forward by what responders asked for: a responder that
+/// finds a timestamp too old (its clock is ahead of ours, or it restarted and our clock is
+/// behind) answers with the lowest one it takes ([`Response::Stale`]), authenticated by the
+/// handshake, and every later timestamp from here is at least that far ahead. A clock that
+/// steps back never makes timestamps go back.
 #[derive(Debug, Default)]
 pub struct TsSource {
     last: u64,
+    /// How far ahead of the wall clock responders need our timestamps, in µs.
+    offset: u64,
 }
 
 impl TsSource {
-    /// The timestamp for a request sent at `unix_us`: that time, or one more than the last
-    /// timestamp given if the clock has not moved on (or went back).
+    /// The timestamp for a request sent at `unix_us`: that time (plus the offset responders
+    /// asked for), or one more than the last timestamp given if the clock has not moved on
+    /// (or went back).
     pub fn next(&mut self, unix_us: u64) -> u64 {
-        self.last = (self.last + 1).max(unix_us);
+        self.last = (self.last + 1).max(unix_us.saturating_add(self.offset));
         self.last
     }
+
+    /// A responder takes timestamps from `floor` on: move ours there for good.
+    pub fn raise(&mut self, floor: u64, unix_us: u64) {
+        self.offset = self.offset.max(floor.saturating_sub(unix_us));
+        self.last = self.last.max(floor.saturating_sub(1));
+    }
+}
+
+/// What the replay filter makes of a request's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsVerdict {
+    /// Not seen before and recent enough: take the request.
+    Fresh,
+    /// Seen already, or too old and answered lately: drop it without a word.
+    Replay,
+    /// Too old (a replay, or a sender whose clock is behind or stepped back): drop the request
+    /// but answer [`Response::Stale`] with this floor, so that a real sender catches up at once.
+    /// At most once a second per key.
+    Stale(u64),
 }
 
 /// Rejects requests whose timestamp was already seen from the same key, or that are much older
 /// than the newest one seen (replays), while tolerating reordering of recent ones.
+///
+/// It keeps no state across restarts and needs none: the first request of a key after a start
+/// must be newer than the start itself (less 2 s for the first request's flight, and no older
+/// than 30 s), so nothing captured before a restart can be replayed after it. A sender whose clock is behind is told the floor
+/// ([`TsVerdict::Stale`]) and catches up; an attacker replaying old requests gets an answer it
+/// cannot read, no larger than what it sent, at most once a second per key.
 #[derive(Debug, Default)]
 pub struct TsFilter {
-    keys: HashMap<PublicKey, (u64, BTreeSet<u64>)>,
+    keys: HashMap<PublicKey, KeyTs>,
+    /// Wall-clock time of the first request looked at.
+    start: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct KeyTs {
+    highest: u64,
+    seen: BTreeSet<u64>,
+    stale_at: Option<u64>,
 }
 
 const TS_WINDOW_US: u64 = 30_000_000;
+const STALE_EVERY_US: u64 = 1_000_000;
+const START_SLACK_US: u64 = 2_000_000;
 
 impl TsFilter {
-    /// True if a request from `key` with timestamp `ts` (µs) is fresh: not seen before and no
-    /// more than 30 s older than the newest one seen from that key. Records it.
-    pub fn accept(&mut self, key: &PublicKey, ts: u64) -> bool {
-        let (highest, seen) = self.keys.entry(*key).or_default();
-        if ts.saturating_add(TS_WINDOW_US) < *highest || !seen.insert(ts) {
-            return false;
+    /// Looks at a request from `key` (already authenticated and trusted) with timestamp `ts`,
+    /// received at wall-clock `unix_us`; records it when fresh.
+    pub fn check(&mut self, key: &PublicKey, ts: u64, unix_us: u64) -> TsVerdict {
+        // The first request seen was sent a moment before it came: a start a little earlier
+        // spares it a round trip.
+        let start = *self.start.get_or_insert(unix_us.saturating_sub(START_SLACK_US));
+        let e = self.keys.entry(*key).or_default();
+        let floor = if e.highest == 0 {
+            unix_us.saturating_sub(TS_WINDOW_US).max(start)
+        } else {
+            e.highest.saturating_sub(TS_WINDOW_US)
+        };
+        if ts < floor {
+            let due = e.stale_at.is_none_or(|at| unix_us.abs_diff(at) >= STALE_EVERY_US);
+            if due {
+                e.stale_at = Some(unix_us);
+                return TsVerdict::Stale(floor.max(e.highest) + 1);
+            }
+            return TsVerdict::Replay;
         }
-        *highest = (*highest).max(ts);
-        let floor = highest.saturating_sub(TS_WINDOW_US);
-        *seen = seen.split_off(&floor);
-        true
+        if !e.seen.insert(ts) {
+            return TsVerdict::Replay;
+        }
+        e.highest = e.highest.max(ts);
+        let low = e.highest.saturating_sub(TS_WINDOW_US);
+        e.seen = e.seen.split_off(&low);
+        TsVerdict::Fresh
     }
 }
 
@@ -133,6 +194,9 @@ struct Pending<T> {
     first_sent: Instant,
     /// The `mac1` of the last initiation sent: a cookie reply to it is bound to it.
     mac1: [u8; cookie::MAC_LEN],
+    /// A [`Response::Stale`] came and the request went again at once; later ones wait their
+    /// turn in the backoff.
+    stale_retried: bool,
 }
 
 /// A finished exchange, from the initiator's side.
@@ -172,6 +236,8 @@ pub struct Initiator<T> {
     pending: HashMap<u32, Pending<T>>,
     /// Cookies responders under load gave us, by their address, with when they came.
     cookies: HashMap<SocketAddr, ([u8; cookie::MAC_LEN], Instant)>,
+    /// The highest timestamp floor a responder gave us, not yet applied to the [`TsSource`].
+    floor: u64,
     /// The retransmission schedule of every request started here.
     pub backoff: Backoff,
 }
@@ -204,6 +270,11 @@ pub enum ExchangeError {
     /// The receiver id matches no outstanding request (late, duplicated or forged).
     #[error("response to no outstanding request")]
     Unexpected,
+    /// The responder found our timestamp too old and said from which one it takes them: the
+    /// request stays outstanding and goes again (with a timestamp past that floor) at the next
+    /// [`Initiator::on_timeout`], which is due at once.
+    #[error("the responder takes timestamps from {0} on; sending again")]
+    Stale(u64),
     /// The Noise message 2 did not decrypt or authenticate; the request stays outstanding.
     #[error(transparent)]
     Noise(#[from] noise::NoiseError),
@@ -215,7 +286,16 @@ pub enum ExchangeError {
 impl<T> Initiator<T> {
     /// No request outstanding; every request retransmitted on `backoff`.
     pub fn with_backoff(backoff: Backoff) -> Self {
-        Self { pending: HashMap::new(), cookies: HashMap::new(), backoff }
+        Self { pending: HashMap::new(), cookies: HashMap::new(), floor: 0, backoff }
+    }
+
+    /// The timestamp for an initiation sent now, past any floor a responder gave.
+    fn ts(&mut self, ts: &mut TsSource, now: Now) -> u64 {
+        if self.floor != 0 {
+            ts.raise(self.floor, now.unix_us);
+            self.floor = 0;
+        }
+        ts.next(now.unix_us)
     }
 
     /// The cookie `dst` gave us, while it is fresh.
@@ -241,8 +321,9 @@ impl<T> Initiator<T> {
         let c = cookie::open_cookie(packet, &cookie::PeerKeys::new(&p.remote), &p.mac1)?;
         self.cookies.retain(|_, (_, at)| now.mono.saturating_duration_since(*at) < cookie::COOKIE_LIFE);
         self.cookies.insert(from, (c, now.mono));
+        let stamp = self.ts(ts, now);
         let p = self.pending.get_mut(&id).expect("present");
-        let (hs, payload, mac1) = initiation(id, local, &p.remote, &p.request, ts.next(now.unix_us), Some(&c)).ok()?;
+        let (hs, payload, mac1) = initiation(id, local, &p.remote, &p.request, stamp, Some(&c)).ok()?;
         p.hs = hs;
         p.mac1 = mac1;
         Some(Transmit { dst: p.dst, payload })
@@ -262,10 +343,22 @@ impl<T> Initiator<T> {
         now: Now,
     ) -> Result<Transmit, noise::NoiseError> {
         let c = self.cookie(dst, now.mono);
-        let (hs, payload, mac1) = initiation(id, local, &remote, &request, ts.next(now.unix_us), c.as_ref())?;
+        let stamp = self.ts(ts, now);
+        let (hs, payload, mac1) = initiation(id, local, &remote, &request, stamp, c.as_ref())?;
         let next_at = now.mono + self.backoff.initial;
-        self.pending
-            .insert(id, Pending { tag, dst, remote, request, hs, attempt: 0, next_at, first_sent: now.mono, mac1 });
+        let p = Pending {
+            tag,
+            dst,
+            remote,
+            request,
+            hs,
+            attempt: 0,
+            next_at,
+            first_sent: now.mono,
+            mac1,
+            stale_retried: false,
+        };
+        self.pending.insert(id, p);
         Ok(Transmit { dst, payload })
     }
 
@@ -282,6 +375,14 @@ impl<T> Initiator<T> {
         // A failed read leaves the request outstanding: a forged or stale response must not
         // cancel it.
         let (payload, keys) = noise::finish(&mut p.hs, noise_msg)?;
+        if let Ok(msg::Envelope { body: Response::Stale(floor), .. }) = msg::decode::<Response>(&payload) {
+            self.floor = self.floor.max(floor);
+            if !p.stale_retried {
+                p.stale_retried = true;
+                p.next_at = now.mono;
+            }
+            return Err(ExchangeError::Stale(floor));
+        }
         let p = self.pending.remove(&receiver).expect("present");
         let response = match msg::decode::<Response>(&payload) {
             Ok(env) => env.body,
@@ -313,9 +414,10 @@ impl<T> Initiator<T> {
         let (mut out, mut failed) = (Vec::new(), Vec::new());
         for id in due {
             let c = self.pending.get(&id).and_then(|p| self.cookie(p.dst, now.mono));
+            let stamp = self.ts(ts, now);
             let p = self.pending.get_mut(&id).expect("present");
             match self.backoff.delay(p.attempt) {
-                Some(d) => match initiation(id, local, &p.remote, &p.request, ts.next(now.unix_us), c.as_ref()) {
+                Some(d) => match initiation(id, local, &p.remote, &p.request, stamp, c.as_ref()) {
                     Ok((hs, payload, mac1)) => {
                         p.hs = hs;
                         p.mac1 = mac1;
@@ -382,6 +484,16 @@ pub fn accept(
 }
 
 impl Incoming {
+    /// The replay filter's verdict on this request's timestamp, received at `unix_us`. A
+    /// request whose payload could not be decoded is not looked at (it is answered with an
+    /// error and acts on nothing).
+    pub fn freshness(&self, filter: &mut TsFilter, unix_us: u64) -> TsVerdict {
+        if self.request.is_err() {
+            return TsVerdict::Fresh;
+        }
+        filter.check(&self.key, self.ts, unix_us)
+    }
+
     /// Answers the request; `id` is our id in the exchange. Returns the datagram and our keys.
     pub fn respond(
         self,
@@ -392,6 +504,12 @@ impl Incoming {
     ) -> Result<(Transmit, TunnelKeys), noise::NoiseError> {
         let (m2, keys) = noise::respond(self.hs, &msg::encode(ts.next(now.unix_us), response))?;
         Ok((Transmit { dst: self.from, payload: wire::encode_resp(id, self.sender, &m2) }, keys))
+    }
+
+    /// Answers a request whose timestamp was too old with the floor to use
+    /// ([`TsVerdict::Stale`]); `None` if the response could not be built.
+    pub fn stale(self, id: u32, floor: u64, ts: &mut TsSource, now: Now) -> Option<Transmit> {
+        self.respond(id, &Response::Stale(floor), ts, now).ok().map(|(t, _)| t)
     }
 
     /// Answers the request with an [`ErrorReply`]; `None` if the response could not be built.
@@ -425,11 +543,92 @@ mod tests {
     fn ts_filter_rejects_replays_allows_reorder() {
         let mut f = TsFilter::default();
         let k = PublicKey([1; 32]);
-        assert!(f.accept(&k, 100_000_000));
-        assert!(!f.accept(&k, 100_000_000));
-        assert!(f.accept(&k, 99_000_000));
-        assert!(!f.accept(&k, 50_000_000));
-        assert!(f.accept(&PublicKey([2; 32]), 100_000_000));
+        let now = 100_000_000;
+        assert_eq!(f.check(&k, 100_000_000, now), TsVerdict::Fresh);
+        assert_eq!(f.check(&k, 100_000_000, now), TsVerdict::Replay);
+        assert_eq!(f.check(&k, 99_000_000, now), TsVerdict::Fresh);
+        // Far older than the newest: answered with the floor once, then silence for a second.
+        assert_eq!(f.check(&k, 50_000_000, now), TsVerdict::Stale(100_000_001));
+        assert_eq!(f.check(&k, 50_000_000, now + 10), TsVerdict::Replay);
+        assert_eq!(f.check(&k, 50_000_000, now + 1_000_000), TsVerdict::Stale(100_000_001));
+        assert_eq!(f.check(&PublicKey([2; 32]), 100_000_000, now), TsVerdict::Fresh);
+    }
+
+    #[test]
+    fn nothing_from_before_a_restart_is_taken_after_it() {
+        // A request captured at t = 1000 s, the responder restarted at t = 1010 s.
+        let k = PublicKey([1; 32]);
+        let mut f = TsFilter::default();
+        let restart = 1_010_000_000;
+        assert!(matches!(f.check(&k, 1_000_000_000, restart), TsVerdict::Stale(fl) if fl > restart - START_SLACK_US));
+        assert_eq!(f.check(&k, 1_000_000_000, restart + 1), TsVerdict::Replay);
+        assert_eq!(f.check(&k, restart + 5, restart + 10), TsVerdict::Fresh);
+    }
+
+    /// One request from `a` to `b` through `b`'s filter; what `b` answered and `a` made of it.
+    fn exchange_once(
+        ini: &mut Initiator<()>,
+        b: &SecretKey,
+        filter: &mut TsFilter,
+        t: Transmit,
+        a_now: Now,
+        b_now: Now,
+    ) -> Result<Completed<()>, ExchangeError> {
+        let addr = t.dst;
+        let wire::Packet::Init { sender, noise } = wire::Packet::parse(&t.payload).unwrap() else { panic!() };
+        let inc = accept(b, addr, sender, noise).unwrap();
+        let mut bts = TsSource::default();
+        let reply = match inc.freshness(filter, b_now.unix_us) {
+            TsVerdict::Fresh => inc.respond(7, &Response::RouteAck, &mut bts, b_now).unwrap().0,
+            TsVerdict::Stale(floor) => inc.stale(7, floor, &mut bts, b_now).unwrap(),
+            TsVerdict::Replay => panic!("a fresh handshake taken for a replay"),
+        };
+        let wire::Packet::Resp { sender, receiver, noise } = wire::Packet::parse(&reply.payload).unwrap() else {
+            panic!()
+        };
+        ini.on_response(sender, receiver, noise, addr, a_now)
+    }
+
+    #[test]
+    fn a_clock_behind_or_stepped_back_catches_up_in_one_round_trip() {
+        let (a, b) = (SecretKey::generate(), SecretKey::generate());
+        let addr: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let t0 = Instant::now();
+        let mut b_now = Now { mono: t0, unix_us: 1_800_000_000_000_000 };
+        let mut filter = TsFilter::default();
+        for a_unix in [
+            // A Raspberry Pi without a real-time clock, before NTP: 1970.
+            5_000_000,
+            // The same node restarted (its timestamp state lost), its clock stepped an hour back.
+            1_800_000_000_000_000 - 3_600_000_000,
+        ] {
+            let mut ts = TsSource::default();
+            let mut ini: Initiator<()> = Initiator::default();
+            let a_now = Now { mono: t0, unix_us: a_unix };
+            b_now.unix_us += 2_000_000;
+            let t = ini.start((), 42, addr, b.public(), Request::Probe, &a, &mut ts, a_now).unwrap();
+            let r = exchange_once(&mut ini, &b, &mut filter, t, a_now, b_now);
+            if a_unix < 1_000_000_000_000_000 {
+                // Too old for a responder that never saw this key: it says from when.
+                assert!(matches!(r, Err(ExchangeError::Stale(_))), "{r:?}");
+                // Sent again at once, past the floor, and taken.
+                assert_eq!(ini.poll_timeout(), Some(t0));
+                let (mut re, failed) = ini.on_timeout(&a, &mut ts, a_now);
+                assert!(failed.is_empty());
+                let r = exchange_once(&mut ini, &b, &mut filter, re.remove(0), a_now, b_now).unwrap();
+                assert_eq!(r.response, Response::RouteAck);
+                // Later requests stay past the floor although the clock is still in 1970.
+                assert!(ts.next(a_now.unix_us) > b_now.unix_us - START_SLACK_US);
+            } else {
+                // Not locked out: taken after one more round trip.
+                let r = r.or_else(|e| {
+                    assert!(matches!(e, ExchangeError::Stale(_)), "{e:?}");
+                    let (mut re, _) = ini.on_timeout(&a, &mut ts, a_now);
+                    exchange_once(&mut ini, &b, &mut filter, re.remove(0), a_now, b_now)
+                });
+                assert_eq!(r.unwrap().response, Response::RouteAck);
+            }
+        }
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub enum Response {
     RelayLoad(RelayLoad),
     /// To `Probe`: the probe arrived.
     ProbeAck,
+    /// To any request whose timestamp was too old (the responder restarted and the sender's
+    /// clock is behind, or the sender's clock stepped back): nothing was done; send again with a
+    /// timestamp of at least this value (µs).
+    Stale(u64),
 }
 
 /// A node's registration (and keepalive) with its DC.

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::cookie::{Guard, Limits};
 use crate::data::TunnelKeys;
-use crate::exchange::{self, Ids, Initiator, Now, Transmit, TsFilter, TsSource};
+use crate::exchange::{self, Ids, Initiator, Now, Transmit, TsFilter, TsSource, TsVerdict};
 use crate::keys::{PublicKey, SecretKey};
 use crate::msg::{
     DirectionRequest, ErrorCode, NodeInfo, Path, Register, RelayTicket, Request, Response, RouteDirection, TunnelHello,
@@ -608,6 +608,9 @@ impl NodeCore {
             Ok(Packet::Resp { sender, receiver, noise }) => {
                 match self.exchanges.on_response(sender, receiver, noise, from, now) {
                     Ok(done) => self.on_completed(done, now),
+                    Err(exchange::ExchangeError::Stale(floor)) => {
+                        info!(%from, floor, "a responder found our request timestamp too old: sending again past its floor");
+                    }
                     Err(exchange::ExchangeError::Unexpected) => {
                         self.drops.unexpected += 1;
                         debug!(%from, "dropped a response to no outstanding request");
@@ -666,10 +669,21 @@ impl NodeCore {
 
     fn on_init_trusted(&mut self, inc: exchange::Incoming, now: Now) {
         let from = inc.from;
-        if !self.ts_filter.accept(&inc.key, inc.ts) {
-            self.drops.replayed += 1;
-            debug!(%from, "dropped a replayed handshake initiation");
-            return;
+        match inc.freshness(&mut self.ts_filter, now.unix_us) {
+            TsVerdict::Fresh => {}
+            TsVerdict::Replay => {
+                self.drops.replayed += 1;
+                debug!(%from, "dropped a replayed handshake initiation");
+                return;
+            }
+            TsVerdict::Stale(floor) => {
+                self.drops.replayed += 1;
+                debug!(%from, key = %inc.key, "a handshake with an old timestamp: answered with the floor");
+                let id = self.ids.alloc();
+                self.transmits.extend(inc.stale(id, floor, &mut self.ts, now));
+                self.ids.release(id);
+                return;
+            }
         }
         let request = match &inc.request {
             Ok(r) => r.clone(),

@@ -64,6 +64,10 @@ pub trait Registry {
     fn get(&self, fqdn: &str) -> Result<Option<NodeRecord>, RegistryError>;
     /// Every record, in no particular order.
     fn all(&self) -> Result<Vec<NodeRecord>, RegistryError>;
+    /// Forgets the node `fqdn` (normalized): it is no longer enrolled. Its VIPs are free again.
+    fn remove(&mut self, fqdn: &str) -> Result<Option<NodeRecord>, RegistryError>;
+    /// The pools VIPs are given from.
+    fn pools(&self) -> &Pools;
 }
 
 /// VIP pools of one zone.
@@ -137,6 +141,11 @@ impl MemRegistry {
     pub fn new(pools: Pools) -> Self {
         Self { pools, nodes: HashMap::new() }
     }
+
+    /// A registry holding `records` already (read from storage at start).
+    pub fn with_records(pools: Pools, records: impl IntoIterator<Item = NodeRecord>) -> Self {
+        Self { pools, nodes: records.into_iter().map(|r| (r.fqdn.clone(), r)).collect() }
+    }
 }
 
 impl Registry for MemRegistry {
@@ -168,6 +177,14 @@ impl Registry for MemRegistry {
 
     fn all(&self) -> Result<Vec<NodeRecord>, RegistryError> {
         Ok(self.nodes.values().cloned().collect())
+    }
+
+    fn remove(&mut self, fqdn: &str) -> Result<Option<NodeRecord>, RegistryError> {
+        Ok(self.nodes.remove(fqdn))
+    }
+
+    fn pools(&self) -> &Pools {
+        &self.pools
     }
 }
 

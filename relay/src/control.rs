@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use proto::cookie::{Guard, Limits, Verdict, Why};
-use proto::exchange::{self, Now, Transmit, TsFilter, TsSource};
+use proto::exchange::{self, Now, Transmit, TsFilter, TsSource, TsVerdict};
 use proto::keys::{PublicKey, SecretKey};
 use proto::msg::{Allocated, ErrorCode, RelayLoad, Request, Response};
 use proto::wire::Packet;
@@ -100,9 +100,16 @@ impl Control {
             }
             return None;
         };
-        if !self.ts_filter.accept(&inc.key, inc.ts) {
-            self.counters.replayed += 1;
-            return None;
+        match inc.freshness(&mut self.ts_filter, now.unix_us) {
+            TsVerdict::Fresh => {}
+            TsVerdict::Replay => {
+                self.counters.replayed += 1;
+                return None;
+            }
+            TsVerdict::Stale(floor) => {
+                self.counters.replayed += 1;
+                return inc.stale(rand::random::<u32>() | 1, floor, &mut self.ts, now);
+            }
         }
         let response = match &inc.request {
             Ok(Request::Allocate(a)) => match table.allocate(&a.bind_keys, a.labels.clone(), now.mono) {

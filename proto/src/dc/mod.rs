@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::cookie::{Guard, Limits};
-use crate::exchange::{self, Backoff, Ids, Incoming, Initiator, Now, Transmit, TsFilter, TsSource};
+use crate::exchange::{self, Backoff, Ids, Incoming, Initiator, Now, Transmit, TsFilter, TsSource, TsVerdict};
 use crate::keys::{PublicKey, SecretKey};
 use crate::msg::{
     Allocate, DirectionAnswer, ErrorCode, ErrorReply, MsgError, NodeInfo, Path, PeerDirectionRequest, Register,
@@ -286,6 +286,9 @@ impl<R: Registry> DcCore<R> {
                 };
                 match r {
                     Ok(()) => {}
+                    Err(exchange::ExchangeError::Stale(floor)) => {
+                        info!(%from, floor, "a responder found our request timestamp too old: sending again past its floor");
+                    }
                     Err(exchange::ExchangeError::Unexpected) => {
                         self.drops.unexpected += 1;
                         debug!(%from, "dropped a response to no outstanding request");
@@ -328,6 +331,25 @@ impl<R: Registry> DcCore<R> {
         self.ids.release(id);
     }
 
+    /// The request if its timestamp is fresh; a replay is dropped, a stale one answered with
+    /// the floor (see [`TsFilter`]).
+    fn fresh(&mut self, inc: Incoming, now: Now) -> Option<Incoming> {
+        match inc.freshness(&mut self.ts_filter, now.unix_us) {
+            TsVerdict::Fresh => Some(inc),
+            TsVerdict::Replay => {
+                self.drops.replayed += 1;
+                debug!(from = %inc.from, "dropped a replayed request");
+                None
+            }
+            TsVerdict::Stale(floor) => {
+                self.drops.replayed += 1;
+                debug!(from = %inc.from, key = %inc.key, "a request with an old timestamp: answered with the floor");
+                self.reply(inc, &Response::Stale(floor), now);
+                None
+            }
+        }
+    }
+
     fn refuse(&mut self, inc: Incoming, code: ErrorCode, message: String, now: Now) {
         self.reply(inc, &Response::Error(ErrorReply { code, message }), now);
     }
@@ -355,11 +377,7 @@ impl<R: Registry> DcCore<R> {
                     self.refuse(inc, ErrorCode::NotEnrolled, "this key is not enrolled here".into(), now);
                     return;
                 };
-                if !self.ts_filter.accept(&inc.key, inc.ts) {
-                    self.drops.replayed += 1;
-                    debug!(%from, "dropped a replayed direction request");
-                    return;
-                }
+                let Some(inc) = self.fresh(inc, now) else { return };
                 let record = match self.registry.get(&fqdn) {
                     Ok(Some(r)) => r,
                     Ok(None) => {
@@ -387,11 +405,7 @@ impl<R: Registry> DcCore<R> {
                     self.refuse(inc, ErrorCode::NotAuthorized, "this DC's key is not trusted here".into(), now);
                     return;
                 };
-                if !self.ts_filter.accept(&inc.key, inc.ts) {
-                    self.drops.replayed += 1;
-                    debug!(%from, "dropped a replayed peer direction request");
-                    return;
-                }
+                let Some(inc) = self.fresh(inc, now) else { return };
                 let requester_fqdn = normalize(&p.requester.fqdn);
                 if !requester_fqdn.ends_with(&format!(".{zone}")) {
                     warn!(%from, %zone, requester = %requester_fqdn, "a DC asked for a node outside its zone");
@@ -435,11 +449,7 @@ impl<R: Registry> DcCore<R> {
             }
             Some(_) => {}
         }
-        if !self.ts_filter.accept(&inc.key, inc.ts) {
-            self.drops.replayed += 1;
-            debug!(%from, %fqdn, "dropped a replayed registration");
-            return;
-        }
+        let Some(inc) = self.fresh(inc, now) else { return };
         let reported = r.addrs.iter().any(|a| same_endpoint(*a, from));
         let one_to_one = !reported && self.one_to_one.get(&fqdn).is_some_and(|o| same_endpoint(*o, from));
         let nat = !reported && !one_to_one;
