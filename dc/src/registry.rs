@@ -1,13 +1,22 @@
 //! The node registry in SQLite: one file, WAL mode, VIPs unique and kept across restarts.
+//!
+//! The DC's core never waits on the disk: the registry lives in memory (read whole from the
+//! database at start) and every change goes to a writer thread, which coalesces what came in
+//! meanwhile into one transaction. A database that is locked or fails keeps the changes
+//! pending: they are retried every second and the failure is logged and counted
+//! ([`WriterStats`]), while the DC goes on answering from memory.
 
-use std::collections::HashSet;
-use std::hash::Hash;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use proto::registry::{assign_vips, NodeRecord, Pools, Registration, Registry, RegistryError};
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use proto::registry::{MemRegistry, NodeRecord, Pools, Registration, Registry, RegistryError};
+use rusqlite::{params, Connection, Row, TransactionBehavior};
 
 /// The schema this code writes, kept in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -27,15 +36,46 @@ CREATE TABLE IF NOT EXISTS nodes (
 
 const COLUMNS: &str = "fqdn, public_key, vip4, vip6, addrs, observed, nat, last_seen";
 
-/// A [`Registry`] stored in an SQLite database.
+/// How long one write waits for a lock held by another process before it fails (and is retried).
+const BUSY_WAIT: Duration = Duration::from_secs(2);
+
+/// Pending changes are written again this long after a failed write.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// A [`Registry`] kept in memory and stored in an SQLite database by a writer thread.
 pub struct SqliteRegistry {
-    conn: Connection,
-    pools: Pools,
+    mem: MemRegistry,
+    path: PathBuf,
+    writer: Option<Writer>,
+    stats: Arc<WriterStats>,
+}
+
+struct Writer {
+    tx: mpsc::Sender<Op>,
+    thread: JoinHandle<()>,
+}
+
+enum Op {
+    Put(NodeRecord),
+    Remove(String),
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// What the writer thread has done, for the DC's metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Transactions that failed (locked, read-only or broken database); their changes stay
+    /// pending and are written again.
+    pub failures: AtomicU64,
+    /// Nodes whose change is not on disk yet.
+    pub pending: AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteRegistry").field("path", &self.conn.path()).field("pools", &self.pools).finish()
+        f.debug_struct("SqliteRegistry").field("path", &self.path).field("pools", self.mem.pools()).finish()
     }
 }
 
@@ -44,20 +84,26 @@ fn storage(e: impl std::fmt::Display) -> RegistryError {
 }
 
 impl SqliteRegistry {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path` and reads every record. A database that is
+    /// locked for longer than a short wait, unreadable or of an unknown schema is an error
+    /// that names the file.
     pub fn open(path: impl AsRef<Path>, pools: Pools) -> Result<Self, RegistryError> {
         let path = path.as_ref();
-        let conn = Connection::open(path).map_err(|e| storage(format!("{}: {e}", path.display())))?;
-        Self::init(conn, pools)
+        let named = |e: &dyn std::fmt::Display| storage(format!("{}: {e}", path.display()));
+        let conn = Connection::open(path).map_err(|e| named(&e))?;
+        Self::init(conn, pools, path.to_path_buf()).map_err(|e| match e {
+            RegistryError::Storage(m) => named(&m),
+            e => e,
+        })
     }
 
     /// A database in memory (tests).
     pub fn open_in_memory(pools: Pools) -> Result<Self, RegistryError> {
-        Self::init(Connection::open_in_memory().map_err(storage)?, pools)
+        Self::init(Connection::open_in_memory().map_err(storage)?, pools, PathBuf::from(":memory:"))
     }
 
-    fn init(conn: Connection, pools: Pools) -> Result<Self, RegistryError> {
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(storage)?;
+    fn init(conn: Connection, pools: Pools, path: PathBuf) -> Result<Self, RegistryError> {
+        conn.busy_timeout(BUSY_WAIT).map_err(storage)?;
         // Returns the resulting mode ("memory" for in-memory databases).
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(storage)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(storage)?;
@@ -73,13 +119,199 @@ impl SqliteRegistry {
                 )))
             }
         }
-        Ok(Self { conn, pools })
+        let records = {
+            let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM nodes")).map_err(storage)?;
+            let rows = stmt.query_map([], RawRow::from_row).map_err(storage)?;
+            rows.map(|r| r.map_err(storage).and_then(RawRow::into_record)).collect::<Result<Vec<_>, _>>()?
+        };
+        let stats = Arc::new(WriterStats::default());
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("registry".into())
+                .spawn(move || write_loop(conn, rx, &stats))
+                .map_err(storage)?
+        };
+        Ok(Self { mem: MemRegistry::with_records(pools, records), path, writer: Some(Writer { tx, thread }), stats })
     }
 
-    /// The pools new VIPs come from.
-    pub fn pools(&self) -> &Pools {
-        &self.pools
+    /// The writer thread's counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
     }
+
+    /// Waits until every change made so far is on disk, or `timeout` passed; true if it is.
+    /// (Tests and shutdown; the DC's core never calls it.)
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(w) = &self.writer else { return true };
+        let (done, wait) = mpsc::sync_channel(1);
+        w.tx.send(Op::Flush(done)).is_ok() && wait.recv_timeout(timeout).is_ok()
+    }
+
+    fn send(&self, op: Op) {
+        if let Some(w) = &self.writer {
+            if w.tx.send(op).is_err() {
+                tracing::error!(path = %self.path.display(), "the registry writer is gone: changes are no longer stored");
+            }
+        }
+    }
+}
+
+impl Drop for SqliteRegistry {
+    /// Writes what is pending (a few tries) before the DC exits.
+    fn drop(&mut self) {
+        if let Some(Writer { tx, thread }) = self.writer.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Registry for SqliteRegistry {
+    fn register(&mut self, reg: &Registration<'_>) -> Result<NodeRecord, RegistryError> {
+        let rec = self.mem.register(reg)?;
+        self.send(Op::Put(rec.clone()));
+        tracing::debug!(fqdn = reg.fqdn, vip4 = ?rec.vip4, vip6 = ?rec.vip6, "node registered");
+        Ok(rec)
+    }
+
+    fn get(&self, fqdn: &str) -> Result<Option<NodeRecord>, RegistryError> {
+        self.mem.get(&fqdn.to_ascii_lowercase())
+    }
+
+    fn all(&self) -> Result<Vec<NodeRecord>, RegistryError> {
+        let mut v = self.mem.all()?;
+        v.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
+        Ok(v)
+    }
+
+    fn remove(&mut self, fqdn: &str) -> Result<Option<NodeRecord>, RegistryError> {
+        let fqdn = fqdn.to_ascii_lowercase();
+        let old = self.mem.remove(&fqdn)?;
+        if old.is_some() {
+            self.send(Op::Remove(fqdn));
+        }
+        Ok(old)
+    }
+
+    fn pools(&self) -> &Pools {
+        self.mem.pools()
+    }
+}
+
+/// The writer thread: takes every change that came in, writes them in one transaction, and on
+/// failure keeps them and tries again after [`RETRY`]. Ends when the registry is dropped, after
+/// a last few tries.
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &WriterStats) {
+    // By node: the record to store, or None to delete the row.
+    let mut pending: BTreeMap<String, Option<NodeRecord>> = BTreeMap::new();
+    let mut waiters: Vec<mpsc::SyncSender<()>> = Vec::new();
+    let mut closing = false;
+    let mut last_log: Option<Instant> = None;
+    let mut final_tries = 3;
+    loop {
+        let first = if closing {
+            None
+        } else if pending.is_empty() {
+            match rx.recv() {
+                Ok(op) => Some(op),
+                Err(_) => {
+                    closing = true;
+                    None
+                }
+            }
+        } else {
+            match rx.recv_timeout(RETRY) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    closing = true;
+                    None
+                }
+            }
+        };
+        let mut absorb = |op: Op| match op {
+            Op::Put(r) => {
+                pending.insert(r.fqdn.clone(), Some(r));
+            }
+            Op::Remove(f) => {
+                pending.insert(f, None);
+            }
+            Op::Flush(w) => waiters.push(w),
+        };
+        first.into_iter().for_each(&mut absorb);
+        while let Ok(op) = rx.try_recv() {
+            absorb(op);
+        }
+        if !pending.is_empty() {
+            match write_batch(&mut conn, &pending) {
+                Ok(()) => {
+                    stats.commits.fetch_add(1, Relaxed);
+                    pending.clear();
+                }
+                Err(e) => {
+                    stats.failures.fetch_add(1, Relaxed);
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        last_log = Some(Instant::now());
+                        tracing::error!(
+                            pending = pending.len(),
+                            "registry write failed (the DC goes on from memory, retrying every second): {e}"
+                        );
+                    }
+                }
+            }
+        }
+        stats.pending.store(pending.len() as u64, Relaxed);
+        if pending.is_empty() {
+            waiters.drain(..).for_each(|w| {
+                let _ = w.try_send(());
+            });
+        }
+        if closing {
+            if pending.is_empty() {
+                return;
+            }
+            final_tries -= 1;
+            if final_tries == 0 {
+                tracing::error!(lost = pending.len(), "registry changes not stored at exit");
+                return;
+            }
+            std::thread::sleep(RETRY);
+        }
+    }
+}
+
+/// Writes one batch: deletions first (a VIP freed by one may be given to another), then the
+/// records.
+fn write_batch(conn: &mut Connection, pending: &BTreeMap<String, Option<NodeRecord>>) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut del = tx.prepare_cached("DELETE FROM nodes WHERE fqdn = ?1")?;
+        for fqdn in pending.keys() {
+            // Every changed node's row goes first: a VIP moving between two nodes in one
+            // batch must not collide with the row it leaves.
+            del.execute([fqdn])?;
+        }
+        let mut put = tx.prepare_cached(
+            "INSERT INTO nodes (fqdn, public_key, vip4, vip6, addrs, observed, nat, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for rec in pending.values().flatten() {
+            let addrs = rec.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+            put.execute(params![
+                rec.fqdn,
+                &rec.public_key[..],
+                rec.vip4.map(|ip| ip.to_string()),
+                rec.vip6.map(|ip| ip.to_string()),
+                addrs,
+                rec.observed.map(|o| o.to_string()),
+                rec.nat,
+                i64::try_from(rec.last_seen).unwrap_or(i64::MAX),
+            ])?;
+        }
+    }
+    tx.commit()
 }
 
 /// Parses the stored address column, naming the node on error.
@@ -148,91 +380,14 @@ impl RawRow {
     }
 }
 
-fn used_set<T: FromStr + Eq + Hash>(tx: &rusqlite::Transaction<'_>, col: &str) -> Result<HashSet<T>, RegistryError>
-where
-    T::Err: std::fmt::Display,
-{
-    let mut stmt = tx.prepare(&format!("SELECT fqdn, {col} FROM nodes WHERE {col} IS NOT NULL")).map_err(storage)?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(storage)?;
-    let mut set = HashSet::new();
-    for row in rows {
-        let (fqdn, ip) = row.map_err(storage)?;
-        set.insert(parse_col(&fqdn, col, &ip)?);
-    }
-    Ok(set)
-}
-
-impl Registry for SqliteRegistry {
-    fn register(&mut self, reg: &Registration<'_>) -> Result<NodeRecord, RegistryError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(storage)?;
-        let existing: Option<(Option<String>, Option<String>)> = tx
-            .query_row("SELECT vip4, vip6 FROM nodes WHERE fqdn = ?1", [reg.fqdn], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(storage)?;
-        let (old4, old6) = existing.unwrap_or((None, None));
-        let current = (parse_opt(reg.fqdn, "vip4", old4)?, parse_opt(reg.fqdn, "vip6", old6)?);
-        let (vip4, vip6) = assign_vips(
-            &self.pools,
-            current,
-            || used_set::<Ipv4Addr>(&tx, "vip4"),
-            || used_set::<Ipv6Addr>(&tx, "vip6"),
-        )?;
-
-        let addrs = reg.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-        let last_seen = i64::try_from(reg.now_unix).unwrap_or(i64::MAX);
-        tx.execute(
-            "INSERT INTO nodes (fqdn, public_key, vip4, vip6, addrs, observed, nat, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (fqdn) DO UPDATE SET
-                public_key = excluded.public_key, vip4 = excluded.vip4, vip6 = excluded.vip6,
-                addrs = excluded.addrs, observed = excluded.observed, nat = excluded.nat,
-                last_seen = excluded.last_seen",
-            params![
-                reg.fqdn,
-                &reg.public_key[..],
-                vip4.map(|ip| ip.to_string()),
-                vip6.map(|ip| ip.to_string()),
-                addrs,
-                reg.observed.to_string(),
-                reg.nat,
-                last_seen,
-            ],
-        )
-        .map_err(storage)?;
-        tx.commit().map_err(storage)?;
-        tracing::debug!(fqdn = reg.fqdn, ?vip4, ?vip6, "node registered");
-
-        Ok(NodeRecord {
-            fqdn: reg.fqdn.to_string(),
-            public_key: reg.public_key,
-            vip4,
-            vip6,
-            addrs: reg.addrs.to_vec(),
-            observed: Some(reg.observed),
-            nat: reg.nat,
-            last_seen: reg.now_unix,
-        })
-    }
-
-    fn get(&self, fqdn: &str) -> Result<Option<NodeRecord>, RegistryError> {
-        let row = self
-            .conn
-            .query_row(&format!("SELECT {COLUMNS} FROM nodes WHERE fqdn = ?1"), [fqdn], RawRow::from_row)
-            .optional()
-            .map_err(storage)?;
-        row.map(RawRow::into_record).transpose()
-    }
-
-    fn all(&self) -> Result<Vec<NodeRecord>, RegistryError> {
-        let mut stmt = self.conn.prepare(&format!("SELECT {COLUMNS} FROM nodes ORDER BY fqdn")).map_err(storage)?;
-        let rows = stmt.query_map([], RawRow::from_row).map_err(storage)?;
-        rows.map(|r| r.map_err(storage).and_then(RawRow::into_record)).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    fn raw(path: &Path) -> Connection {
+        Connection::open(path).unwrap()
+    }
 
     fn pools(v4: &str, v6: &str) -> Pools {
         Pools { v4: Some(v4.parse().unwrap()), v6: Some(v6.parse().unwrap()) }
@@ -322,16 +477,21 @@ mod tests {
         let b = r.register(&reg("b.z", &[])).unwrap();
         assert_eq!(b.vip4, Some("100.64.41.2".parse().unwrap()));
         // a pool added later gives existing nodes a VIP of that family
+        drop(r);
+        raw(&path).execute("UPDATE nodes SET vip6 = NULL WHERE fqdn = 'a.z'", []).unwrap();
         let mut r = SqliteRegistry::open(&path, pools("100.64.41.0/24", "fd4e:544d:41::/64")).unwrap();
-        r.conn.execute("UPDATE nodes SET vip6 = NULL WHERE fqdn = 'a.z'", []).unwrap();
         assert_eq!(r.register(&reg("a.z", &[])).unwrap().vip6, Some("fd4e:544d:41::3".parse().unwrap()));
     }
 
     #[test]
     fn unique_constraint_guards_vips() {
-        let mut r = SqliteRegistry::open_in_memory(pools("100.64.40.0/24", "fd4e:544d:40::/64")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dc.sqlite");
+        let mut r = SqliteRegistry::open(&path, pools("100.64.40.0/24", "fd4e:544d:40::/64")).unwrap();
         r.register(&reg("a.z", &[])).unwrap();
-        let dup = r.conn.execute("INSERT INTO nodes (fqdn, public_key, vip4) VALUES ('b.z', x'00', '100.64.40.2')", []);
+        assert!(r.flush(Duration::from_secs(5)));
+        let dup =
+            raw(&path).execute("INSERT INTO nodes (fqdn, public_key, vip4) VALUES ('b.z', x'00', '100.64.40.2')", []);
         assert!(dup.is_err());
     }
 
@@ -340,13 +500,66 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dc.sqlite");
         let r = SqliteRegistry::open(&path, pools("100.64.40.0/24", "fd4e:544d:40::/64")).unwrap();
-        let v: i64 = r.conn.query_row("PRAGMA user_version", [], |x| x.get(0)).unwrap();
-        assert_eq!(v, SCHEMA_VERSION);
-        let mode: String = r.conn.query_row("PRAGMA journal_mode", [], |x| x.get(0)).unwrap();
-        assert_eq!(mode, "wal");
-        r.conn.execute_batch("PRAGMA user_version = 99").unwrap();
         drop(r);
+        let c = raw(&path);
+        let v: i64 = c.query_row("PRAGMA user_version", [], |x| x.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = c.query_row("PRAGMA journal_mode", [], |x| x.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        c.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(c);
         let err = SqliteRegistry::open(&path, pools("100.64.40.0/24", "fd4e:544d:40::/64")).unwrap_err();
         assert!(err.to_string().contains("99"), "{err}");
+    }
+
+    #[test]
+    fn a_locked_database_never_stalls_registrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dc.sqlite");
+        let mut r = SqliteRegistry::open(&path, pools("100.64.40.0/24", "fd4e:544d:40::/64")).unwrap();
+        // Another process holds the write lock.
+        let other = raw(&path);
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let t = Instant::now();
+        for i in 0..50 {
+            r.register(&reg(&format!("n{i}.z"), &[])).unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_millis(500), "registrations waited on the lock: {:?}", t.elapsed());
+        assert_eq!(r.get("n7.z").unwrap().unwrap().vip4, Some("100.64.40.9".parse().unwrap()));
+        assert!(!r.flush(Duration::from_millis(2500)), "written through an exclusive lock?");
+        assert!(r.stats().failures.load(Relaxed) >= 1);
+        assert!(r.stats().pending.load(Relaxed) >= 1);
+        // The lock goes: everything pending lands.
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(r.flush(Duration::from_secs(10)));
+        drop(r);
+        let r = SqliteRegistry::open(&path, pools("100.64.40.0/24", "fd4e:544d:40::/64")).unwrap();
+        assert_eq!(r.all().unwrap().len(), 50);
+    }
+
+    #[test]
+    fn removed_nodes_free_their_vips_on_disk_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dc.sqlite");
+        let p = pools("100.64.40.0/24", "fd4e:544d:40::/64");
+        let mut r = SqliteRegistry::open(&path, p.clone()).unwrap();
+        let a = r.register(&reg("a.z", &[])).unwrap();
+        assert!(r.remove("A.z").unwrap().is_some());
+        // Removed and given away in the same batch: no UNIQUE collision.
+        let b = r.register(&reg("b.z", &[])).unwrap();
+        assert_eq!(b.vip4, a.vip4);
+        drop(r);
+        let r = SqliteRegistry::open(&path, p).unwrap();
+        assert_eq!(r.get("a.z").unwrap(), None);
+        assert_eq!(r.get("b.z").unwrap().unwrap().vip4, a.vip4);
+    }
+
+    #[test]
+    fn a_corrupt_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dc.sqlite");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = SqliteRegistry::open(&path, pools("100.64.40.0/24", "fd4e:544d:40::/64")).unwrap_err().to_string();
+        assert!(err.contains("dc.sqlite") && err.contains("not a database"), "{err}");
     }
 }

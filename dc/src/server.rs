@@ -41,6 +41,14 @@ fn metrics(core: &DcCore<SqliteRegistry>, authority: &Authority) -> String {
     let c = core.counters();
     let nodes = core.registry().all().map(|v| v.len() as u64).unwrap_or(0);
     p.gauge("ntm_dc_nodes", "Nodes in the registry.", nodes as i64);
+    let w = core.registry().stats();
+    p.counter("ntm_dc_registry_commits_total", "Registry transactions written to disk.", w.commits.load(Relaxed));
+    p.counter(
+        "ntm_dc_registry_write_failures_total",
+        "Registry transactions that failed (locked or broken database); retried every second.",
+        w.failures.load(Relaxed),
+    );
+    p.gauge("ntm_dc_registry_pending", "Nodes whose change is not on disk yet.", w.pending.load(Relaxed) as i64);
     p.counter("ntm_dc_registrations_total", "Registrations and keepalives accepted.", c.registrations);
     p.counter("ntm_dc_registrations_refused_total", "Registrations refused.", c.refused);
     p.counters(
