@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
@@ -86,12 +86,19 @@ pub enum Transport {
 #[derive(Debug)]
 pub struct Authority {
     zone: Name,
+    /// The zone's records, replaced whole when the configuration is reloaded.
+    data: RwLock<Arc<ZoneData>>,
+    stats: DnsStats,
+    rrl: RrlConfig,
+}
+
+#[derive(Debug)]
+struct ZoneData {
     soa: Record,
+    serial: u32,
     /// Every name that exists in the zone (lowercase), with its records; empty for names
     /// without data (enrolled nodes without NPS, empty non-terminals).
     names: HashMap<Name, Vec<Record>>,
-    stats: DnsStats,
-    rrl: RrlConfig,
 }
 
 fn fqdn_name(s: &str) -> Result<Name, DnsError> {
@@ -118,54 +125,82 @@ impl Authority {
 
     /// Builds the zone from the config.
     pub fn new(cfg: &Config, serial: u32) -> Result<Self, DnsError> {
-        let zone = fqdn_name(&cfg.zone)?;
-        let dc = fqdn_name(&cfg.name)?;
-        let hostmaster = fqdn_name(&format!("hostmaster.{}", cfg.zone))?;
-        let soa = Record::from_rdata(
-            zone.clone(),
-            TTL,
-            RData::SOA(SOA::new(dc.clone(), hostmaster, serial, 3600, 600, 86400, NODE_TTL)),
-        );
-        let mut names: HashMap<Name, Vec<Record>> = HashMap::new();
-        let mut add = |owner: &Name, rec: Option<Record>| {
-            let entry = names.entry(owner.clone()).or_default();
-            entry.extend(rec);
-        };
-        add(&zone, Some(soa.clone()));
-        add(&zone, Some(Record::from_rdata(zone.clone(), TTL, RData::NS(NS(dc.clone())))));
-        if zone.zone_of(&dc) {
-            for ip in &cfg.addresses {
-                add(&dc, Some(addr_record(&dc, TTL, *ip)));
-            }
-        }
-        let srv_name = fqdn_name(&format!("_ntm._udp.{}", cfg.zone))?;
-        let srv = SRV::new(0, 0, cfg.signaling_port(), dc.clone());
-        add(&srv_name, Some(Record::from_rdata(srv_name.clone(), TTL, RData::SRV(srv))));
-        for node in &cfg.nodes {
-            let owner = fqdn_name(&node.fqdn)?;
-            if !zone.zone_of(&owner) {
-                continue;
-            }
-            add(&owner, None);
-            let nps = node.nps.as_deref().and_then(|n| cfg.nps_named(n));
-            for ip in nps.map(|n| n.addresses.as_slice()).unwrap_or_default() {
-                add(&owner, Some(addr_record(&owner, NODE_TTL, *ip)));
-            }
-        }
-        // Empty non-terminals exist too (NODATA, not NXDOMAIN).
-        let owners: Vec<Name> = names.keys().cloned().collect();
-        for owner in owners {
-            let mut n = owner.base_name();
-            while n.num_labels() > zone.num_labels() {
-                names.entry(n.clone()).or_default();
-                n = n.base_name();
-            }
-        }
+        let (zone, data) = zone_data(cfg, serial)?;
         let rrl =
             RrlConfig { responses_per_s: cfg.dns_rrl_responses_per_s, slip: cfg.dns_rrl_slip, ..RrlConfig::default() };
-        Ok(Self { zone, soa, names, stats: DnsStats::default(), rrl })
+        Ok(Self { zone, data: RwLock::new(Arc::new(data)), stats: DnsStats::default(), rrl })
     }
 
+    /// Serves the zone of a reloaded config from now on (its nodes and NPSes may have changed;
+    /// the zone itself may not). The SOA serial moves on.
+    pub fn reload(&self, cfg: &Config) -> Result<(), DnsError> {
+        let old = self.zone_data();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs() as u32);
+        let (zone, data) = zone_data(cfg, now.max(old.serial.wrapping_add(1)))?;
+        if zone != self.zone {
+            return Err(DnsError::BadName {
+                name: cfg.zone.clone(),
+                reason: "the zone cannot change on reload".into(),
+            });
+        }
+        *self.data.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(data);
+        Ok(())
+    }
+
+    fn zone_data(&self) -> Arc<ZoneData> {
+        self.data.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The zone's apex and records for `cfg`.
+fn zone_data(cfg: &Config, serial: u32) -> Result<(Name, ZoneData), DnsError> {
+    let zone = fqdn_name(&cfg.zone)?;
+    let dc = fqdn_name(&cfg.name)?;
+    let hostmaster = fqdn_name(&format!("hostmaster.{}", cfg.zone))?;
+    let soa = Record::from_rdata(
+        zone.clone(),
+        TTL,
+        RData::SOA(SOA::new(dc.clone(), hostmaster, serial, 3600, 600, 86400, NODE_TTL)),
+    );
+    let mut names: HashMap<Name, Vec<Record>> = HashMap::new();
+    let mut add = |owner: &Name, rec: Option<Record>| {
+        let entry = names.entry(owner.clone()).or_default();
+        entry.extend(rec);
+    };
+    add(&zone, Some(soa.clone()));
+    add(&zone, Some(Record::from_rdata(zone.clone(), TTL, RData::NS(NS(dc.clone())))));
+    if zone.zone_of(&dc) {
+        for ip in &cfg.addresses {
+            add(&dc, Some(addr_record(&dc, TTL, *ip)));
+        }
+    }
+    let srv_name = fqdn_name(&format!("_ntm._udp.{}", cfg.zone))?;
+    let srv = SRV::new(0, 0, cfg.signaling_port(), dc.clone());
+    add(&srv_name, Some(Record::from_rdata(srv_name.clone(), TTL, RData::SRV(srv))));
+    for node in &cfg.nodes {
+        let owner = fqdn_name(&node.fqdn)?;
+        if !zone.zone_of(&owner) {
+            continue;
+        }
+        add(&owner, None);
+        let nps = node.nps.as_deref().and_then(|n| cfg.nps_named(n));
+        for ip in nps.map(|n| n.addresses.as_slice()).unwrap_or_default() {
+            add(&owner, Some(addr_record(&owner, NODE_TTL, *ip)));
+        }
+    }
+    // Empty non-terminals exist too (NODATA, not NXDOMAIN).
+    let owners: Vec<Name> = names.keys().cloned().collect();
+    for owner in owners {
+        let mut n = owner.base_name();
+        while n.num_labels() > zone.num_labels() {
+            names.entry(n.clone()).or_default();
+            n = n.base_name();
+        }
+    }
+    Ok((zone, ZoneData { soa, serial, names }))
+}
+
+impl Authority {
     /// The zone's apex, lowercase and fully qualified.
     pub fn zone(&self) -> &Name {
         &self.zone
@@ -280,10 +315,11 @@ impl Authority {
             return resp;
         }
         resp.set_authoritative(true);
-        let Some(records) = self.names.get(&qname) else {
+        let data = self.zone_data();
+        let Some(records) = data.names.get(&qname) else {
             self.stats.nxdomain.fetch_add(1, Ordering::Relaxed);
             resp.set_response_code(ResponseCode::NXDomain);
-            resp.add_name_server(self.soa.clone());
+            resp.add_name_server(data.soa.clone());
             return resp;
         };
         // ANY gets one RRset, the name's first (RFC 8482), not everything: no amplification.
@@ -293,7 +329,7 @@ impl Authority {
         };
         let found: Vec<&Record> = records.iter().filter(|r| Some(r.record_type()) == wanted).collect();
         if found.is_empty() {
-            resp.add_name_server(self.soa.clone());
+            resp.add_name_server(data.soa.clone());
             return resp;
         }
         for rec in found {
@@ -306,7 +342,7 @@ impl Authority {
                 _ => None,
             };
             resp.add_answer(rec);
-            for glue in target.iter().filter_map(|t| self.names.get(t)).flatten() {
+            for glue in target.iter().filter_map(|t| data.names.get(t)).flatten() {
                 if matches!(glue.record_type(), RecordType::A | RecordType::AAAA) {
                     resp.add_additional(glue.clone());
                 }

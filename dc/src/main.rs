@@ -16,8 +16,8 @@ impl Daemon for Dc {
         Ok(format!("zone {}, {} nodes, {} peers", config.zone, config.nodes.len(), config.peers.len()))
     }
 
-    async fn run(_path: PathBuf, config: Config) -> anyhow::Result<()> {
-        ntm_dc::server::run(config).await
+    async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
+        ntm_dc::server::run(path, config).await
     }
 }
 

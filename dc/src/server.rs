@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use host::config::Load;
 use host::dns::Client;
 use host::driver::{self, Core, DropReport, Options};
 use host::metrics::{self, Page};
@@ -98,15 +100,15 @@ fn metrics(core: &DcCore<SqliteRegistry>, authority: &Authority) -> String {
 /// `dns_listen` address (UDP and TCP), binds the signaling sockets and the metrics server, then
 /// drives the core. Called by `main` with a validated configuration; an error is fatal (a
 /// socket that cannot be bound, a database that cannot be opened).
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(path: PathBuf, cfg: Config) -> anyhow::Result<()> {
     let registry = SqliteRegistry::open(&cfg.database, cfg.pools())
         .with_context(|| format!("opening the registry {}", cfg.database.display()))?;
     let core_cfg = DcConfig {
         zone: cfg.zone.clone(),
         secret: cfg.private_key.clone(),
         keepalive: cfg.keepalive(),
-        enrolled: cfg.nodes.iter().map(|n| (n.fqdn.clone(), n.public_key)).collect(),
-        peers: cfg.peers.iter().map(|p| (p.zone.clone(), p.public_key)).collect(),
+        enrolled: enrolled(&cfg),
+        peers: peers(&cfg),
         relays: cfg
             .relays
             .iter()
@@ -180,6 +182,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         inputs: tx,
         located: HashMap::new(),
         reported: DropReport::default(),
+        path,
+        cfg,
     };
     driver::run(&mut dc, ReceiverStream::new(rx), Options::default()).await?;
     Ok(())
@@ -200,6 +204,37 @@ struct Dc {
     located: HashMap<String, (Instant, (String, Vec<SocketAddr>))>,
     /// The periodic summary of drops.
     reported: DropReport,
+    /// The configuration file, read again on SIGHUP, and what it said last.
+    path: PathBuf,
+    cfg: Config,
+}
+
+fn enrolled(cfg: &Config) -> HashMap<String, proto::keys::PublicKey> {
+    cfg.nodes.iter().map(|n| (n.fqdn.clone(), n.public_key)).collect()
+}
+
+fn peers(cfg: &Config) -> HashMap<String, proto::keys::PublicKey> {
+    cfg.peers.iter().map(|p| (p.zone.clone(), p.public_key)).collect()
+}
+
+/// The settings a reload cannot change (sockets, the key, the database, the pools, relays), as
+/// text to compare.
+fn fixed(cfg: &Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("zone", cfg.zone.clone()),
+        ("private_key", cfg.private_key.public().to_string()),
+        ("listen", format!("{:?}", cfg.listen)),
+        ("dns_listen", format!("{:?}", cfg.dns_listen)),
+        ("dns_rrl_responses_per_s", cfg.dns_rrl_responses_per_s.to_string()),
+        ("dns_rrl_slip", cfg.dns_rrl_slip.to_string()),
+        ("database", cfg.database.display().to_string()),
+        ("resolver", cfg.resolver.to_string()),
+        ("keepalive_s", cfg.keepalive_s.to_string()),
+        ("metrics_listen", format!("{:?}", cfg.metrics_listen)),
+        ("pools", format!("{:?}", cfg.pools)),
+        ("relays", format!("{:?}", cfg.relays)),
+        ("probe_from", format!("{:?}", cfg.probe_from)),
+    ]
 }
 
 impl Core for Dc {
@@ -268,6 +303,30 @@ impl Core for Dc {
                 }
             }
         }
+    }
+
+    /// Reads the configuration again and applies its nodes, peer zones, NPSes and DNS names:
+    /// nodes removed (or re-keyed) are revoked at once. A file that does not load, or that
+    /// changes a setting only a restart applies, changes nothing.
+    fn reload(&mut self) -> Result<String, String> {
+        let new = Config::load(&self.path)
+            .map_err(|e| format!("{}: {e}; the running configuration stays", self.path.display()))?;
+        let changed: Vec<&str> =
+            fixed(&self.cfg).into_iter().zip(fixed(&new)).filter(|(a, b)| a != b).map(|(a, _)| a.0).collect();
+        if !changed.is_empty() {
+            return Err(format!(
+                "{}: {} changed, which only a restart applies; nothing was applied",
+                self.path.display(),
+                changed.join(", ")
+            ));
+        }
+        self.authority.reload(&new).map_err(|e| format!("{}: {e}; nothing was applied", self.path.display()))?;
+        let r = self.core.reconfigure(enrolled(&new), peers(&new), driver::now());
+        if !r.removed.is_empty() || !r.peers_removed.is_empty() {
+            warn!(nodes = ?r.removed, zones = ?r.peers_removed, told = r.notified, "revoked: no directions to or from them, tunnels torn down");
+        }
+        self.cfg = new;
+        Ok(r.to_string())
     }
 
     fn summary(&mut self) {

@@ -40,6 +40,9 @@ pub enum Request {
     /// DC → node, from a second address of the DC: does an unsolicited packet reach you through
     /// your NAT? (It does through a cloud's 1:1 NAT, not through a home router's.)
     Probe,
+    /// DC → node: these nodes (or every node of these zones) are no longer trusted: tear down
+    /// their tunnels and take no new ones from them. Answered with `RouteAck`.
+    Revoke(Revoke),
 }
 
 /// The answer, in Noise message 2. Variant indexes are wire values: append only.
@@ -49,7 +52,7 @@ pub enum Response {
     Registered(Registered),
     /// To `Direction` and `PeerDirection`: the target and how to reach it.
     Direction(DirectionAnswer),
-    /// To `Route`: the node has taken note and is ready for the tunnel.
+    /// To `Route`: the node has taken note and is ready for the tunnel. To `Revoke`: done.
     RouteAck,
     /// To `Tunnel`: the responder's identity; the tunnel is installed on its side.
     Tunnel(TunnelHello),
@@ -210,6 +213,16 @@ pub struct DirectionAnswer {
     pub requester_initiates: bool,
     /// For a relayed path: the requester's part of the session (`endpoint` is the relay).
     pub relay: Option<RelayTicket>,
+}
+
+/// What a DC no longer vouches for (a node removed from its configuration, a peer zone no longer
+/// trusted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revoke {
+    /// Nodes (FQDNs) whose tunnels go.
+    pub nodes: Vec<String>,
+    /// Zones whose every node's tunnels go.
+    pub zones: Vec<String>,
 }
 
 /// A DC tells the target node that a peer is about to build a tunnel with it, before it

@@ -710,12 +710,53 @@ impl NodeCore {
                 self.ids.release(id);
             }
             Request::Tunnel(hello) if inc.key != self.cfg.dc_key => self.on_tunnel_request(inc, hello, now),
+            Request::Revoke(rv) if inc.key == self.cfg.dc_key => {
+                self.on_revoke(&rv);
+                let id = self.ids.alloc();
+                if let Ok((t, _)) = inc.respond(id, &Response::RouteAck, &mut self.ts, now) {
+                    self.transmits.push_back(t);
+                }
+                self.ids.release(id);
+            }
             other => {
                 warn!(%from, "unexpected request {:?}", std::mem::discriminant(&other));
                 let id = self.ids.alloc();
                 self.transmits.extend(inc.error(id, ErrorCode::BadRequest, "unexpected request", &mut self.ts, now));
                 self.ids.release(id);
             }
+        }
+    }
+
+    /// The DC no longer vouches for these nodes or zones: their tunnels go at once, builds
+    /// under way stop, and nothing they send is taken until a DC vouches for them again.
+    fn on_revoke(&mut self, rv: &crate::msg::Revoke) {
+        let nodes: Vec<String> = rv.nodes.iter().map(|n| normalize(n)).collect();
+        let zones: Vec<String> = rv.zones.iter().map(|z| format!(".{}", normalize(z))).collect();
+        let revoked = |fqdn: &str| {
+            let fqdn = normalize(fqdn);
+            nodes.contains(&fqdn) || zones.iter().any(|z| fqdn.ends_with(z.as_str()))
+        };
+        self.vouches.retain(|_, v| !revoked(&v.info.fqdn));
+        self.parked.retain(|f, _| !revoked(f));
+        let gone: Vec<String> = self.peers.keys().filter(|f| revoked(f)).cloned().collect();
+        for fqdn in gone {
+            let p = self.peers.get_mut(&fqdn).expect("listed");
+            warn!(peer = %fqdn, "the DC revoked this peer: tearing its tunnel down");
+            if let Some(local_id) = p.local_id.take() {
+                self.events.push_back(NodeEvent::TunnelDown { fqdn: fqdn.clone(), local_id });
+                self.ids.release(local_id);
+                self.bindings.remove(&local_id);
+            }
+            match p.building.take() {
+                Some(Building::AskingDc(x) | Building::Opening(x)) => {
+                    self.exchanges.cancel(x);
+                    self.ids.release(x);
+                    self.bindings.remove(&x);
+                }
+                Some(Building::AwaitingPeer(_)) | None => {}
+            }
+            self.set_state(&fqdn, PeerState::None);
+            self.peers.remove(&fqdn);
         }
     }
 

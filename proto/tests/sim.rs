@@ -97,6 +97,8 @@ struct Sim {
     dcs: HashMap<SocketAddr, SimDc>,
     nodes: HashMap<String, Node>,
     dc_keys: HashMap<String, PublicKey>,
+    /// What each DC was started with, to start it again or change it.
+    dc_cfgs: HashMap<SocketAddr, (DcConfig, Pools)>,
 }
 
 impl Sim {
@@ -178,14 +180,20 @@ fn world_with(loss: u64, n2_nat: NatKind, n4_nat: NatKind) -> Sim {
             relays: Vec::new(),
         };
         let pools = Pools { v4: Some(format!("100.64.{pool}.0/24").parse().unwrap()), v6: None };
-        DcCore::new(cfg, MemRegistry::new(pools))
+        (cfg, pools)
     };
-    let mut dcs = HashMap::new();
-    dcs.insert(sa("10.0.1.1:7500"), mk_dc("a.test", &dca, &["n1.a.test"], ("b.test", dcb.public()), "1"));
-    dcs.insert(
-        sa("10.0.2.1:7500"),
-        mk_dc("b.test", &dcb, &["n2.b.test", "n3.b.test", "n4.b.test"], ("a.test", dca.public()), "2"),
-    );
+    let dc_cfgs: HashMap<SocketAddr, (DcConfig, Pools)> = [
+        (sa("10.0.1.1:7500"), mk_dc("a.test", &dca, &["n1.a.test"], ("b.test", dcb.public()), "1")),
+        (
+            sa("10.0.2.1:7500"),
+            mk_dc("b.test", &dcb, &["n2.b.test", "n3.b.test", "n4.b.test"], ("a.test", dca.public()), "2"),
+        ),
+    ]
+    .into();
+    let dcs: HashMap<SocketAddr, DcCore<MemRegistry>> = dc_cfgs
+        .iter()
+        .map(|(a, (cfg, pools))| (*a, DcCore::new(cfg.clone(), MemRegistry::new(pools.clone()))))
+        .collect();
     let mk_node = |fqdn: &str, addr: &str, dc: &SecretKey, dc_addr: &str| Node {
         core: NodeCore::new(NodeConfig {
             fqdn: fqdn.into(),
@@ -238,6 +246,7 @@ fn world_with(loss: u64, n2_nat: NatKind, n4_nat: NatKind) -> Sim {
         dcs,
         nodes,
         dc_keys: [("a.test".to_string(), dca.public()), ("b.test".to_string(), dcb.public())].into(),
+        dc_cfgs,
     };
     let now = sim.now();
     for n in sim.nodes.values_mut() {
@@ -405,4 +414,100 @@ fn punching_through_port_randomizing_nats_falls_back_to_a_relay() {
     assert!(err.contains("no relay"), "{err}");
     assert_eq!(sim.state("n2.b.test", "n4.b.test"), PeerState::None);
     assert!(sim.net.elapsed() - t0 < Duration::from_secs(4));
+}
+
+#[test]
+fn a_registration_captured_before_a_dc_restart_is_not_taken_after_it() {
+    let mut sim = world(0);
+    sim.node("n3.b.test").trace = Some(Vec::new());
+    sim.run(Duration::from_secs(2));
+    assert!(registered(&sim));
+    let dc = sa("10.0.2.1:7500");
+    let src = sim.nodes["n3.b.test"].addr;
+    let captured = sim.nodes["n3.b.test"]
+        .trace
+        .iter()
+        .flatten()
+        .find(|t| t.dst == dc && wire::packet_type(&t.payload) == Some(wire::TYPE_INIT))
+        .map(|t| t.payload.clone())
+        .expect("a registration was sent");
+    sim.run(Duration::from_secs(40));
+    // The DC restarts, its registry in memory lost (the worst case: nothing remembered).
+    let (cfg, pools) = sim.dc_cfgs[&dc].clone();
+    sim.dcs.get_mut(&dc).unwrap().core = DcCore::new(cfg, MemRegistry::new(pools));
+    let now = sim.now();
+    let core = &mut sim.dcs.get_mut(&dc).unwrap().core;
+    core.handle_datagram(src, &captured, now);
+    assert_eq!(core.counters().registrations, 0, "a registration from before the restart was taken");
+    assert!(core.registry().get("n3.b.test").unwrap().is_none());
+    assert_eq!(core.drops().replayed, 1);
+    // Answered once (an answer only the real node can read, smaller than the request), then
+    // silence for a second.
+    let answer = core.poll_transmit().expect("the floor is given once");
+    assert!(answer.payload.len() < captured.len());
+    core.handle_datagram(src, &captured, now);
+    assert!(core.poll_transmit().is_none());
+    // The real nodes register again with the restarted DC at their next refresh.
+    sim.run(Duration::from_secs(10));
+    assert!(sim.dcs[&dc].core.registry().get("n3.b.test").unwrap().is_some());
+    assert!(registered(&sim));
+}
+
+#[test]
+fn a_node_removed_from_the_dc_is_revoked_at_once() {
+    let mut sim = world(0);
+    sim.run(Duration::from_secs(3));
+    assert!(registered(&sim));
+    sim.request("n3.b.test", "n2.b.test");
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.state("n3.b.test", "n2.b.test"), PeerState::Built);
+    assert!(sim.ping("n3.b.test", "n2.b.test"));
+
+    // n2 leaves the DC's configuration; the DC reloads it.
+    let dc = sa("10.0.2.1:7500");
+    let (mut cfg, _) = sim.dc_cfgs[&dc].clone();
+    cfg.enrolled.remove("n2.b.test");
+    let now = sim.now();
+    let r = sim.dcs.get_mut(&dc).unwrap().core.reconfigure(cfg.enrolled.clone(), cfg.peers.clone(), now);
+    assert_eq!(r.removed, ["n2.b.test"]);
+    assert_eq!(r.notified, 2, "n3 and n4 are told");
+    assert!(sim.dcs[&dc].core.registry().get("n2.b.test").unwrap().is_none(), "its row (and VIPs) are gone");
+    sim.run(Duration::from_secs(1));
+    // n3 tore its tunnel down and traffic no longer flows.
+    assert_eq!(sim.state("n3.b.test", "n2.b.test"), PeerState::None);
+    assert!(sim.nodes["n3.b.test"]
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::TunnelDown { fqdn, .. } if fqdn == "n2.b.test")));
+    assert!(!sim.ping("n3.b.test", "n2.b.test"));
+    // No new direction to it...
+    sim.request("n3.b.test", "n2.b.test");
+    sim.run(Duration::from_secs(3));
+    assert_eq!(sim.state("n3.b.test", "n2.b.test"), PeerState::None);
+    assert!(sim.nodes["n3.b.test"].core.peer("n2.b.test").unwrap().last_error.is_some());
+    // ... nor from it: its registration is refused at its next refresh.
+    sim.run(Duration::from_secs(10));
+    assert!(sim.nodes["n2.b.test"].core.registration().is_none());
+    assert!(sim.dcs[&dc].core.registry().get("n2.b.test").unwrap().is_none());
+}
+
+#[test]
+fn a_peer_dc_claiming_a_vip_of_this_zone_is_refused() {
+    let mut sim = world(0);
+    // Zone b's DC hands out VIPs from zone a's pool (misconfigured, or lying).
+    let (a, b) = (sa("10.0.1.1:7500"), sa("10.0.2.1:7500"));
+    let (cfg, _) = sim.dc_cfgs[&b].clone();
+    let a_pools = sim.dc_cfgs[&a].1.clone();
+    sim.dcs.get_mut(&b).unwrap().core = DcCore::new(cfg, MemRegistry::new(a_pools));
+    sim.run(Duration::from_secs(3));
+    assert!(registered(&sim));
+    let n1_vip = sim.nodes["n1.a.test"].core.registration().unwrap().vip4;
+    assert_eq!(sim.nodes["n3.b.test"].core.registration().unwrap().vip4.map(|v| v.octets()[2]), Some(1));
+    sim.request("n1.a.test", "n3.b.test");
+    sim.run(Duration::from_secs(3));
+    assert_eq!(sim.state("n1.a.test", "n3.b.test"), PeerState::None);
+    let err = sim.nodes["n1.a.test"].core.peer("n3.b.test").unwrap().last_error.clone().unwrap();
+    assert!(err.contains("VIP of this zone"), "{err}");
+    assert!(sim.dcs[&a].core.drops().unauthorized >= 1);
+    assert_eq!(sim.nodes["n1.a.test"].core.registration().unwrap().vip4, n1_vip);
 }

@@ -82,6 +82,39 @@ pub enum DcCommand {
 enum Tag {
     Route(u64),
     Peer(u64),
+    /// A revocation told to a node of the zone.
+    Revoke,
+}
+
+/// What [`DcCore::reconfigure`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Nodes enrolled now that were not (or had another key).
+    pub added: Vec<String>,
+    /// Nodes no longer enrolled (or enrolled under another key now): their registry rows are
+    /// gone and the nodes of the zone were told to drop their tunnels.
+    pub removed: Vec<String>,
+    /// Peer zones trusted now that were not (or with another key).
+    pub peers_added: Vec<String>,
+    /// Peer zones no longer trusted (or under another key now).
+    pub peers_removed: Vec<String>,
+    /// Nodes of the zone told of the revocations.
+    pub notified: usize,
+}
+
+impl std::fmt::Display for Reconfigured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(" ") };
+        write!(
+            f,
+            "nodes added: {}; nodes removed: {}; peer zones added: {}; peer zones removed: {}; nodes told: {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.peers_added),
+            list(&self.peers_removed),
+            self.notified
+        )
+    }
 }
 
 /// Exchanges with relays: an allocation for a direction, or a ping.
@@ -175,6 +208,16 @@ impl<R: Registry> DcCore<R> {
         let peer_zones = cfg.peers.iter().map(|(z, k)| (*k, z.clone())).collect();
         let relays = Relays::new(cfg.relays.clone());
         let guard = Guard::new(&cfg.secret.public(), Limits::default());
+        let mut registry = registry;
+        // Rows of nodes that are no longer enrolled (or under another key) go at start.
+        for rec in registry.all().unwrap_or_default() {
+            if cfg.enrolled.get(&rec.fqdn) != Some(&PublicKey(rec.public_key)) {
+                info!(fqdn = %rec.fqdn, "forgetting a node that is no longer enrolled");
+                if let Err(e) = registry.remove(&rec.fqdn) {
+                    warn!(fqdn = %rec.fqdn, "cannot forget it: {e}");
+                }
+            }
+        }
         Self {
             guard,
             cfg,
@@ -200,6 +243,87 @@ impl<R: Registry> DcCore<R> {
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
         }
+    }
+
+    /// Applies a new list of enrolled nodes and trusted peer zones (the configuration was
+    /// reloaded). Nodes no longer enrolled lose their registry row (and VIPs) and get no
+    /// directions from now on, nor do nodes of zones no longer trusted; every registered node of
+    /// the zone is told to tear down its tunnels with them ([`Request::Revoke`]); directions
+    /// under way that involve them fail.
+    pub fn reconfigure(
+        &mut self,
+        enrolled: HashMap<String, PublicKey>,
+        peers: HashMap<String, PublicKey>,
+        now: Now,
+    ) -> Reconfigured {
+        let enrolled: HashMap<String, PublicKey> = enrolled.into_iter().map(|(f, k)| (normalize(&f), k)).collect();
+        let peers: HashMap<String, PublicKey> = peers.into_iter().map(|(z, k)| (normalize(&z), k)).collect();
+        let diff = |old: &HashMap<String, PublicKey>, new: &HashMap<String, PublicKey>| {
+            let mut v: Vec<String> =
+                old.iter().filter(|(n, k)| new.get(*n) != Some(*k)).map(|(n, _)| n.clone()).collect();
+            v.sort();
+            v
+        };
+        let mut r = Reconfigured {
+            added: diff(&enrolled, &self.cfg.enrolled),
+            removed: diff(&self.cfg.enrolled, &enrolled),
+            peers_added: diff(&peers, &self.cfg.peers),
+            peers_removed: diff(&self.cfg.peers, &peers),
+            notified: 0,
+        };
+        self.by_key = enrolled.iter().map(|(f, k)| (*k, f.clone())).collect();
+        self.peer_zones = peers.iter().map(|(z, k)| (*k, z.clone())).collect();
+        self.cfg.enrolled = enrolled;
+        self.cfg.peers = peers;
+        if r.removed.is_empty() && r.peers_removed.is_empty() {
+            return r;
+        }
+        for fqdn in &r.removed {
+            if let Err(e) = self.registry.remove(fqdn) {
+                warn!(%fqdn, "cannot remove the node from the registry: {e}");
+            }
+            self.one_to_one.remove(fqdn);
+            self.filtered.remove(fqdn);
+            self.probing.remove(fqdn);
+        }
+        let revoked = |fqdn: &str, r: &Reconfigured| {
+            let fqdn = normalize(fqdn);
+            r.removed.contains(&fqdn) || r.peers_removed.iter().any(|z| fqdn.ends_with(&format!(".{z}")))
+        };
+        let doomed: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| revoked(&op.requester.fqdn, &r) || revoked(&op.target, &r))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in doomed {
+            self.finish(id, err(ErrorCode::NotEnrolled, "no longer enrolled or trusted here".into()), now);
+        }
+        let notice = Request::Revoke(crate::msg::Revoke { nodes: r.removed.clone(), zones: r.peers_removed.clone() });
+        for rec in self.registry.all().unwrap_or_default() {
+            let Some(dst) = rec.observed else { continue };
+            let xid = self.ids.alloc();
+            let key = PublicKey(rec.public_key);
+            match self.exchanges.start(Tag::Revoke, xid, dst, key, notice.clone(), &self.cfg.secret, &mut self.ts, now)
+            {
+                Ok(t) => {
+                    self.transmits.push_back(t);
+                    r.notified += 1;
+                }
+                Err(e) => {
+                    self.ids.release(xid);
+                    warn!(fqdn = %rec.fqdn, "cannot tell the node of the revocation: {e}");
+                }
+            }
+        }
+        r
+    }
+
+    /// True if `vip` is one this zone gives out: no other zone may claim it.
+    fn own_vip(&self, node: &NodeInfo) -> bool {
+        let pools = self.registry.pools();
+        node.vip4.is_some_and(|v| pools.v4.is_some_and(|n| n.contains(&v)))
+            || node.vip6.is_some_and(|v| pools.v6.is_some_and(|n| n.contains(&v)))
     }
 
     /// The registry, for the daemon's metrics and status.
@@ -419,7 +543,12 @@ impl<R: Registry> DcCore<R> {
                 }
                 self.start_op(inc, p.requester, target, (p.relay, p.upgrade), now);
             }
-            Request::Route(_) | Request::Tunnel(_) | Request::Allocate(_) | Request::RelayPing | Request::Probe => {
+            Request::Route(_)
+            | Request::Tunnel(_)
+            | Request::Allocate(_)
+            | Request::RelayPing
+            | Request::Probe
+            | Request::Revoke(_) => {
                 self.refuse(inc, ErrorCode::BadRequest, "a DC does not take that request".into(), now);
             }
         }
@@ -820,6 +949,11 @@ impl<R: Registry> DcCore<R> {
 
     fn on_completed(&mut self, tag: Tag, response: Response, now: Now) {
         match tag {
+            Tag::Revoke => {
+                if let Response::Error(e) = response {
+                    debug!("a node refused a revocation: {e}");
+                }
+            }
             Tag::Route(id) => {
                 let Some(op) = self.ops.get_mut(&id) else { return };
                 let r = match response {
@@ -840,6 +974,12 @@ impl<R: Registry> DcCore<R> {
                         warn!(%target, answered = %a.peer.fqdn, "a peer DC answered for another name: refused");
                         self.drops.unauthorized += 1;
                         err(ErrorCode::Unavailable, "the peer DC answered for another name".into())
+                    }
+                    // ... and only for VIPs of its own: one of this zone's is refused.
+                    Response::Direction(a) if self.own_vip(&a.peer) => {
+                        warn!(%target, vip4 = ?a.peer.vip4, vip6 = ?a.peer.vip6, "a peer DC claimed a VIP of this zone: refused");
+                        self.drops.unauthorized += 1;
+                        err(ErrorCode::Unavailable, "the peer DC claimed a VIP of this zone".into())
                     }
                     r @ (Response::Direction(_) | Response::Error(_)) => r,
                     _ => err(ErrorCode::Unavailable, "the peer DC answered strangely".into()),
@@ -888,6 +1028,10 @@ impl<R: Registry> DcCore<R> {
             let (id, what) = match f.tag {
                 Tag::Route(id) => (id, format!("the target node does not answer at {}", f.dst)),
                 Tag::Peer(id) => (id, format!("the peer DC does not answer at {}", f.dst)),
+                Tag::Revoke => {
+                    debug!(dst = %f.dst, "a node did not acknowledge a revocation");
+                    continue;
+                }
             };
             self.finish(id, err(ErrorCode::Unavailable, what), now);
         }
