@@ -114,11 +114,20 @@ pub struct Limits {
     pub per_source_burst: u32,
     /// How many `mac1` values are remembered against replays.
     pub replay_memory: usize,
+    /// Cookie replies per second to one source address under load (an initiator needs one
+    /// every two minutes; a flood from one address, or spoofing it, gets no more than this).
+    pub cookies_per_source_per_s: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { load_per_s: 1000, per_source_per_s: 50, per_source_burst: 20, replay_memory: 65536 }
+        Self {
+            load_per_s: 1000,
+            per_source_per_s: 50,
+            per_source_burst: 20,
+            replay_memory: 65536,
+            cookies_per_source_per_s: 10,
+        }
     }
 }
 
@@ -163,6 +172,8 @@ pub struct Guard {
     window: (u32, Option<Instant>),
     under_load_until: Option<Instant>,
     sources: HashMap<IpAddr, Bucket>,
+    /// Cookie replies left to each source under load.
+    cookie_sources: HashMap<IpAddr, Bucket>,
     seen: HashSet<[u8; MAC_LEN]>,
     seen_order: VecDeque<([u8; MAC_LEN], Instant)>,
 }
@@ -188,6 +199,7 @@ impl Guard {
             window: (0, None),
             under_load_until: None,
             sources: HashMap::new(),
+            cookie_sources: HashMap::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
         }
@@ -221,6 +233,11 @@ impl Guard {
             return Verdict::Drop(Why::BadMac1);
         }
         let m1: [u8; MAC_LEN] = m1.try_into().expect("16 bytes");
+        // The same bytes again: dropped before anything else, without a word (a legitimate
+        // initiator never sends the same initiation twice: each try is a fresh handshake).
+        if !self.remember(m1, now) {
+            return Verdict::Drop(Why::Replay);
+        }
         // Load: initiations per second that passed mac1.
         match self.window {
             (_, Some(start)) if now.saturating_duration_since(start) < Duration::from_secs(1) => self.window.0 += 1,
@@ -232,14 +249,16 @@ impl Guard {
         if self.under_load(now) {
             let cookie = self.cookie_for(from, now);
             if !eq(&packet[n - MAC_LEN..], &mac(&cookie, &[&packet[..n - MAC_LEN]])) {
+                let rate = self.limits.cookies_per_source_per_s;
+                if !take_token(&mut self.cookie_sources, from.ip(), rate, rate, now) {
+                    return Verdict::Drop(Why::RateLimited);
+                }
                 return Verdict::Cookie(self.cookie_reply(packet, &cookie, &m1));
             }
-            if !self.take_token(from.ip(), now) {
+            let (rate, burst) = (self.limits.per_source_per_s, self.limits.per_source_burst);
+            if !take_token(&mut self.sources, from.ip(), rate, burst, now) {
                 return Verdict::Drop(Why::RateLimited);
             }
-        }
-        if !self.remember(m1, now) {
-            return Verdict::Drop(Why::Replay);
         }
         Verdict::Accept
     }
@@ -257,23 +276,6 @@ impl Guard {
         out
     }
 
-    fn take_token(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let (rate, burst) = (self.limits.per_source_per_s as f64, self.limits.per_source_burst as f64);
-        if self.sources.len() > 65536 {
-            // Forget the sources that have refilled anyway.
-            self.sources.retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() * rate < burst);
-        }
-        let b = self.sources.entry(ip.to_canonical()).or_insert(Bucket { tokens: burst, at: now });
-        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
     /// Records `m1`; false if it was seen within the replay window.
     fn remember(&mut self, m1: [u8; MAC_LEN], now: Instant) -> bool {
         while let Some((old, at)) = self.seen_order.front().copied() {
@@ -288,6 +290,24 @@ impl Guard {
         }
         self.seen_order.push_back((m1, now));
         true
+    }
+}
+
+/// Takes one token from `ip`'s bucket (`rate` a second, at most `burst`) in `buckets`.
+fn take_token(buckets: &mut HashMap<IpAddr, Bucket>, ip: IpAddr, rate: u32, burst: u32, now: Instant) -> bool {
+    let (rate, burst) = (rate as f64, burst as f64);
+    if buckets.len() > 65536 {
+        // Forget the sources that have refilled anyway.
+        buckets.retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() * rate < burst);
+    }
+    let b = buckets.entry(ip.to_canonical()).or_insert(Bucket { tokens: burst, at: now });
+    b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
+    b.at = now;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        true
+    } else {
+        false
     }
 }
 
@@ -308,7 +328,13 @@ mod tests {
     fn mac1_replays_cookies_and_rate() {
         let resp = SecretKey::generate().public();
         let keys = PeerKeys::new(&resp);
-        let limits = Limits { load_per_s: 4, per_source_per_s: 1, per_source_burst: 2, replay_memory: 100 };
+        let limits = Limits {
+            load_per_s: 4,
+            per_source_per_s: 1,
+            per_source_burst: 2,
+            replay_memory: 100,
+            cookies_per_source_per_s: 2,
+        };
         let mut g = Guard::new(&resp, limits);
         let t0 = Instant::now();
         let from: SocketAddr = "192.0.2.7:7600".parse().unwrap();
@@ -318,11 +344,15 @@ mod tests {
         let (bad, _) = init(&PeerKeys::new(&SecretKey::generate().public()), None, 2);
         assert_eq!(g.check(from, &bad, t0), Verdict::Drop(Why::BadMac1));
         assert_eq!(g.check(from, &[1, 2, 3], t0), Verdict::Drop(Why::Short));
-        // Past 4 a second (the replay counted): under load, a cookie reply instead of work.
+        // Past 4 a second (replays do not count: they cost nothing): under load, a cookie
+        // reply instead of work.
         assert_eq!(g.check(from, &init(&keys, None, 3).0, t0), Verdict::Accept);
         assert_eq!(g.check(from, &init(&keys, None, 4).0, t0), Verdict::Accept);
+        assert_eq!(g.check(from, &init(&keys, None, 11).0, t0), Verdict::Accept);
         let (p, m1) = init(&keys, None, 5);
         let Verdict::Cookie(reply) = g.check(from, &p, t0) else { panic!("no cookie") };
+        // The same initiation again: silence, not another cookie.
+        assert_eq!(g.check(from, &p, t0), Verdict::Drop(Why::Replay));
         assert!(reply.len() < p.len(), "no amplification");
         assert_eq!(cookie_receiver(&reply), Some(9));
         assert!(open_cookie(&reply, &keys, &[0; MAC_LEN]).is_none(), "bound to the initiation");
@@ -331,6 +361,9 @@ mod tests {
         assert_eq!(g.check(from, &init(&keys, Some(&cookie), 6).0, t0), Verdict::Accept);
         assert_eq!(g.check(from, &init(&keys, Some(&cookie), 7).0, t0), Verdict::Accept);
         assert_eq!(g.check(from, &init(&keys, Some(&cookie), 8).0, t0), Verdict::Drop(Why::RateLimited));
+        // Cookie replies to one source are limited too (2 a second here): no reflector.
+        assert!(matches!(g.check(from, &init(&keys, None, 12).0, t0), Verdict::Cookie(_)));
+        assert_eq!(g.check(from, &init(&keys, None, 13).0, t0), Verdict::Drop(Why::RateLimited));
         // Another source's cookie is not this one's.
         let other: SocketAddr = "192.0.2.8:7600".parse().unwrap();
         assert!(matches!(g.check(other, &init(&keys, Some(&cookie), 9).0, t0), Verdict::Cookie(_)));
