@@ -1,6 +1,9 @@
 //! Arbitrary handshake initiations and responses at a node and a DC core. Initiations get a
 //! valid mac1 for their responder, so that the fuzzer reaches the Noise handshake behind the
-//! MAC check (and the raw bytes are tried too).
+//! MAC check (and the raw bytes are tried too). Then, past authentication: the input's bytes
+//! as the payload of a real Noise initiation from a key the responder trusts (the enrolled node
+//! to the DC, the DC to the node), so that the fuzzer drives message decoding and every request
+//! handler with arbitrary requests, timestamps and versions.
 #![no_main]
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -48,4 +51,22 @@ fuzz_target!(|data: &[u8]| {
     node.handle_datagram("192.0.2.2:7500".parse().unwrap(), data, now);
     node.handle_datagram("192.0.2.2:7500".parse().unwrap(), &sealed, now);
     assert!(node.registration().is_none());
+
+    // Past authentication: the bytes as the payload of a genuine initiation.
+    let authentic = |from: &SecretKey, to: &SecretKey| {
+        let (_, m1) = proto::noise::initiate(from, &to.public(), data).ok()?;
+        let mut p = proto::wire::encode_init(7, &m1);
+        proto::cookie::seal_init(&mut p, &proto::cookie::PeerKeys::new(&to.public()), None);
+        Some(p)
+    };
+    if let Some(p) = authentic(node_key, dc_key) {
+        dc.handle_datagram(from, &p, now);
+        while dc.poll_transmit().is_some() {}
+        while dc.poll_command().is_some() {}
+    }
+    if let Some(p) = authentic(dc_key, node_key) {
+        node.handle_datagram("192.0.2.2:7500".parse().unwrap(), &p, now);
+        while node.poll_transmit().is_some() {}
+        while node.poll_event().is_some() {}
+    }
 });

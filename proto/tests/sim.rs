@@ -511,3 +511,52 @@ fn a_peer_dc_claiming_a_vip_of_this_zone_is_refused() {
     assert!(sim.dcs[&a].core.drops().unauthorized >= 1);
     assert_eq!(sim.nodes["n1.a.test"].core.registration().unwrap().vip4, n1_vip);
 }
+
+#[test]
+fn one_node_cannot_pile_up_directions() {
+    use proto::exchange::{Initiator, TsSource};
+    use proto::msg::{DirectionRequest, ErrorCode, Register, Request, Response};
+    let dc_key = SecretKey::generate();
+    let node = SecretKey::generate();
+    let cfg = DcConfig {
+        zone: "z.test".into(),
+        secret: dc_key.clone(),
+        keepalive: Duration::from_secs(5),
+        enrolled: [("n.z.test".to_string(), node.public())].into(),
+        peers: HashMap::new(),
+        relays: Vec::new(),
+    };
+    let mut dc = DcCore::new(cfg, MemRegistry::new(Pools { v4: Some("100.64.0.0/24".parse().unwrap()), v6: None }));
+    let (from, dc_addr) = (sa("192.0.2.1:7600"), sa("192.0.2.2:7500"));
+    let now = Now { mono: Instant::now(), unix_us: 1_800_000_000_000_000 };
+    let mut ini: Initiator<u32> = Initiator::default();
+    let mut ts = TsSource::default();
+    let mut ask = |dc: &mut DcCore<MemRegistry>, id: u32, req: Request| -> Option<Response> {
+        let t = ini.start(id, id, dc_addr, dc_key.public(), req, &node, &mut ts, now).unwrap();
+        dc.handle_datagram(from, &t.payload, now);
+        let r = dc.poll_transmit()?;
+        let wire::Packet::Resp { sender, receiver, noise } = wire::Packet::parse(&r.payload).unwrap() else {
+            panic!("not a response")
+        };
+        Some(ini.on_response(sender, receiver, noise, dc_addr, now).unwrap().response)
+    };
+    let reg = Request::Register(Register { fqdn: "n.z.test".into(), addrs: vec![from] });
+    assert!(matches!(ask(&mut dc, 1, reg), Some(Response::Registered(_))));
+    let mut busy = 0;
+    for i in 0..40u32 {
+        // Names in a zone whose DC is never found: each direction waits on a lookup.
+        let req =
+            Request::Direction(DirectionRequest { target: format!("x{i}.far.test"), relay: false, upgrade: false });
+        match ask(&mut dc, 100 + i, req) {
+            None => {}
+            Some(Response::Error(e)) if e.code == ErrorCode::Busy => busy += 1,
+            Some(r) => panic!("unexpected {r:?}"),
+        }
+    }
+    assert_eq!(busy, 8, "32 directions under way at most for one node");
+    let mut lookups = 0;
+    while dc.poll_command().is_some() {
+        lookups += 1;
+    }
+    assert_eq!(lookups, 32);
+}

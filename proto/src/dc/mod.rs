@@ -30,6 +30,13 @@ pub use relays::{RelayConfig, RelayView};
 /// A direction that has not finished within this time fails.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Directions under way for one requester (a node, or a peer DC's node), and in all.
+const MAX_OPS_PER_NODE: usize = 32;
+const MAX_OPS: usize = 4096;
+
+/// Tries of one request answered when the direction is done.
+const MAX_WAITERS: usize = 8;
+
 /// What the DC core is told at start; the daemon builds it from its configuration file.
 #[derive(Debug, Clone)]
 pub struct DcConfig {
@@ -629,7 +636,21 @@ impl<R: Registry> DcCore<R> {
             .values_mut()
             .find(|o| o.requester.fqdn == requester.fqdn && o.target == target && (o.relay_wanted, o.upgrade) == flags)
         {
-            op.waiters.push(inc);
+            // Each try of a request is a fresh handshake; a few are enough to answer.
+            if op.waiters.len() < MAX_WAITERS {
+                op.waiters.push(inc);
+            }
+            return;
+        }
+        // Bounded work per node (each direction may cost a DNS lookup of another zone's DC and
+        // exchanges with nodes and relays) and in all.
+        let of_node = self.ops.values().filter(|o| o.requester.fqdn == requester.fqdn).count();
+        if of_node >= MAX_OPS_PER_NODE || self.ops.len() >= MAX_OPS {
+            self.drops.limited += 1;
+            if let Some(held) = self.log_limit.allow(now.mono) {
+                warn!(requester = %requester.fqdn, of_node, total = self.ops.len(), held_back = held, "too many directions under way: refused");
+            }
+            self.refuse(inc, ErrorCode::Busy, "too many directions under way; try again".into(), now);
             return;
         }
         let id = self.next_op;
