@@ -560,3 +560,38 @@ fn one_node_cannot_pile_up_directions() {
     }
     assert_eq!(lookups, 32);
 }
+
+#[test]
+fn a_revocation_reaches_nodes_of_other_zones_through_their_dc() {
+    let mut sim = world(0);
+    sim.run(Duration::from_secs(3));
+    assert!(registered(&sim));
+    sim.request("n1.a.test", "n3.b.test");
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.state("n1.a.test", "n3.b.test"), PeerState::Built);
+    assert!(sim.ping("n1.a.test", "n3.b.test"));
+    // Zone b's DC drops n3; zone a's DC is told, and tells n1.
+    let b = sa("10.0.2.1:7500");
+    let (mut cfg, _) = sim.dc_cfgs[&b].clone();
+    cfg.enrolled.remove("n3.b.test");
+    let now = sim.now();
+    let dc = sim.dcs.get_mut(&b).unwrap();
+    dc.core.reconfigure(cfg.enrolled.clone(), cfg.peers.clone(), now);
+    sim.run(Duration::from_secs(2));
+    assert_eq!(sim.state("n1.a.test", "n3.b.test"), PeerState::None);
+    assert!(!sim.ping("n1.a.test", "n3.b.test"));
+    // A peer DC's word counts for its own zone only: zone a cannot revoke b's nodes.
+    let a = sa("10.0.1.1:7500");
+    let (mut cfg_a, _) = sim.dc_cfgs[&a].clone();
+    cfg_a.enrolled.insert("n2.b.test".into(), SecretKey::generate().public());
+    let now = sim.now();
+    let dc = sim.dcs.get_mut(&a).unwrap();
+    dc.core.reconfigure(cfg_a.enrolled.clone(), cfg_a.peers.clone(), now);
+    cfg_a.enrolled.remove("n2.b.test");
+    let r = dc.core.reconfigure(cfg_a.enrolled.clone(), cfg_a.peers.clone(), now);
+    assert_eq!(r.removed, ["n2.b.test"]);
+    sim.request("n4.b.test", "n2.b.test");
+    sim.run(Duration::from_secs(3));
+    assert!(sim.dcs[&b].core.drops().unauthorized >= 1, "zone b's DC ignored a's claim on n2");
+    assert_eq!(sim.state("n4.b.test", "n2.b.test"), PeerState::Built);
+}

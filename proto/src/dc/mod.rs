@@ -197,6 +197,11 @@ pub struct DcCore<R> {
     ts_filter: TsFilter,
     ops: HashMap<u64, Op>,
     next_op: u64,
+    /// Revocations of this zone's nodes waiting for a peer zone's DC to be located, by the
+    /// lookup's id: that DC tells its nodes, which may hold tunnels with them.
+    revoke_notices: HashMap<u64, Vec<String>>,
+    /// Nodes told by the last [`DcCore::tell_nodes`].
+    revoke_told: usize,
     drops: Drops,
     counters: DcCounters,
     log_limit: LogLimit,
@@ -244,6 +249,8 @@ impl<R: Registry> DcCore<R> {
             ts_filter: TsFilter::default(),
             ops: HashMap::new(),
             next_op: 1,
+            revoke_notices: HashMap::new(),
+            revoke_told: 0,
             drops: Drops::default(),
             counters: DcCounters::default(),
             log_limit: LogLimit::default(),
@@ -255,8 +262,9 @@ impl<R: Registry> DcCore<R> {
     /// Applies a new list of enrolled nodes and trusted peer zones (the configuration was
     /// reloaded). Nodes no longer enrolled lose their registry row (and VIPs) and get no
     /// directions from now on, nor do nodes of zones no longer trusted; every registered node of
-    /// the zone is told to tear down its tunnels with them ([`Request::Revoke`]); directions
-    /// under way that involve them fail.
+    /// the zone is told to tear down its tunnels with them ([`Request::Revoke`]), and so is every
+    /// peer zone's DC, which tells its own nodes (a peer DC may revoke only names of its zone);
+    /// directions under way that involve them fail.
     pub fn reconfigure(
         &mut self,
         enrolled: HashMap<String, PublicKey>,
@@ -307,6 +315,24 @@ impl<R: Registry> DcCore<R> {
             self.finish(id, err(ErrorCode::NotEnrolled, "no longer enrolled or trusted here".into()), now);
         }
         let notice = Request::Revoke(crate::msg::Revoke { nodes: r.removed.clone(), zones: r.peers_removed.clone() });
+        // Nodes of other zones may hold tunnels with the removed nodes: their DCs tell them.
+        if !r.removed.is_empty() {
+            let zones: Vec<String> = self.cfg.peers.keys().cloned().collect();
+            for zone in zones {
+                let id = self.next_op;
+                self.next_op += 1;
+                self.revoke_notices.insert(id, r.removed.clone());
+                self.commands.push_back(DcCommand::Locate { id, target: format!("dc.{zone}") });
+            }
+        }
+        self.tell_nodes(&notice, now);
+        r.notified = self.revoke_told;
+        r
+    }
+
+    /// Sends `notice` (a [`Request::Revoke`]) to every registered node of the zone.
+    fn tell_nodes(&mut self, notice: &Request, now: Now) {
+        self.revoke_told = 0;
         for rec in self.registry.all().unwrap_or_default() {
             let Some(dst) = rec.observed else { continue };
             let xid = self.ids.alloc();
@@ -315,7 +341,7 @@ impl<R: Registry> DcCore<R> {
             {
                 Ok(t) => {
                     self.transmits.push_back(t);
-                    r.notified += 1;
+                    self.revoke_told += 1;
                 }
                 Err(e) => {
                     self.ids.release(xid);
@@ -323,7 +349,6 @@ impl<R: Registry> DcCore<R> {
                 }
             }
         }
-        r
     }
 
     /// True if `vip` is one this zone gives out: no other zone may claim it.
@@ -550,12 +575,16 @@ impl<R: Registry> DcCore<R> {
                 }
                 self.start_op(inc, p.requester, target, (p.relay, p.upgrade), now);
             }
-            Request::Route(_)
-            | Request::Tunnel(_)
-            | Request::Allocate(_)
-            | Request::RelayPing
-            | Request::Probe
-            | Request::Revoke(_) => {
+            Request::Revoke(rv) => {
+                let Some(zone) = self.peer_zones.get(&inc.key).cloned() else {
+                    self.drops.unauthorized += 1;
+                    self.refuse(inc, ErrorCode::NotAuthorized, "only a peer DC revokes here".into(), now);
+                    return;
+                };
+                let Some(inc) = self.fresh(inc, now) else { return };
+                self.on_peer_revoke(inc, zone, rv, now);
+            }
+            Request::Route(_) | Request::Tunnel(_) | Request::Allocate(_) | Request::RelayPing | Request::Probe => {
                 self.refuse(inc, ErrorCode::BadRequest, "a DC does not take that request".into(), now);
             }
         }
@@ -938,6 +967,9 @@ impl<R: Registry> DcCore<R> {
 
     /// The daemon found (or failed to find) the DC of the target's zone.
     pub fn dc_located(&mut self, id: u64, result: Result<(String, Vec<SocketAddr>), String>, now: Now) {
+        if let Some(nodes) = self.revoke_notices.remove(&id) {
+            return self.send_peer_revoke(nodes, result, now);
+        }
         let Some(op) = self.ops.get(&id) else { return };
         let target = op.target.clone();
         let (zone, addrs) = match result {
@@ -966,6 +998,43 @@ impl<R: Registry> DcCore<R> {
                 self.finish(id, err(ErrorCode::Internal, e.to_string()), now)
             }
         }
+    }
+
+    /// Tells a located peer DC that `nodes` of this zone are revoked.
+    fn send_peer_revoke(&mut self, nodes: Vec<String>, located: Result<(String, Vec<SocketAddr>), String>, now: Now) {
+        let (zone, addrs) = match located {
+            Ok(r) => r,
+            Err(e) => return warn!("cannot tell a peer zone's DC of a revocation: {e}"),
+        };
+        let zone = normalize(&zone);
+        let (Some(key), Some(dst)) = (self.cfg.peers.get(&zone).copied(), addrs.first().copied()) else { return };
+        let xid = self.ids.alloc();
+        let req = Request::Revoke(crate::msg::Revoke { nodes, zones: Vec::new() });
+        match self.exchanges.start(Tag::Revoke, xid, dst, key, req, &self.cfg.secret, &mut self.ts, now) {
+            Ok(t) => self.transmits.push_back(t),
+            Err(e) => {
+                self.ids.release(xid);
+                warn!(%zone, "cannot tell the zone's DC of a revocation: {e}");
+            }
+        }
+    }
+
+    /// A peer DC revokes nodes of its zone: its word counts for its own zone only; the nodes of
+    /// this zone are told.
+    fn on_peer_revoke(&mut self, inc: Incoming, zone: String, rv: crate::msg::Revoke, now: Now) {
+        let suffix = format!(".{zone}");
+        let (own, other): (Vec<String>, Vec<String>) =
+            rv.nodes.iter().map(|n| normalize(n)).partition(|n| n.ends_with(&suffix));
+        if !other.is_empty() || !rv.zones.is_empty() {
+            self.drops.unauthorized += 1;
+            warn!(%zone, names = ?other, zones = ?rv.zones, "a peer DC revoked what is not of its zone: ignored");
+        }
+        self.reply(inc, &Response::RouteAck, now);
+        if own.is_empty() {
+            return;
+        }
+        info!(%zone, nodes = ?own, "a peer DC revoked nodes of its zone: telling this zone's nodes");
+        self.tell_nodes(&Request::Revoke(crate::msg::Revoke { nodes: own, zones: Vec::new() }), now);
     }
 
     fn on_completed(&mut self, tag: Tag, response: Response, now: Now) {
