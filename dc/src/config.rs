@@ -32,7 +32,7 @@ pub struct Config {
     /// DNS sockets (UDP and TCP).
     pub dns_listen: Vec<SocketAddr>,
     /// DNS responses per second over UDP to one client prefix (/24, /56), with a burst of as
-    /// many (response rate limiting); 0 turns the limit off. Default 20.
+    /// many (response rate limiting); 0 turns the limit off. Default 200.
     pub dns_rrl_responses_per_s: u32,
     /// Every `dns_rrl_slip`-th response over the rate limit goes out truncated (the client then
     /// asks over TCP) and the others are dropped; 0 drops them all, 1 truncates them all, at most
