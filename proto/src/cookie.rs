@@ -293,14 +293,26 @@ impl Guard {
     }
 }
 
+/// Sources a limiter remembers at most.
+const MAX_SOURCES: usize = 65536;
+
 /// Takes one token from `ip`'s bucket (`rate` a second, at most `burst`) in `buckets`.
 fn take_token(buckets: &mut HashMap<IpAddr, Bucket>, ip: IpAddr, rate: u32, burst: u32, now: Instant) -> bool {
     let (rate, burst) = (rate as f64, burst as f64);
-    if buckets.len() > 65536 {
-        // Forget the sources that have refilled anyway.
+    if buckets.len() >= MAX_SOURCES {
+        // Forget the sources that have refilled anyway; if that is not enough (a flood from
+        // spoofed addresses), forget them all: the work stays constant per packet.
         buckets.retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() * rate < burst);
+        if buckets.len() >= MAX_SOURCES / 2 {
+            buckets.clear();
+        }
     }
-    let b = buckets.entry(ip.to_canonical()).or_insert(Bucket { tokens: burst, at: now });
+    // An IPv6 host has a /64 to pick addresses from: it counts as one source.
+    let ip = match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !0xffff_ffff_ffff_ffff)),
+        v4 => v4,
+    };
+    let b = buckets.entry(ip).or_insert(Bucket { tokens: burst, at: now });
     b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
     b.at = now;
     if b.tokens >= 1.0 {

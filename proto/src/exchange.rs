@@ -4,7 +4,7 @@
 //! state between exchanges except, per trusted key, which timestamps it has seen.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::cookie;
@@ -56,35 +56,25 @@ impl Backoff {
     }
 }
 
-/// Strictly increasing timestamps for outgoing requests.
-///
-/// They follow the wall clock, moved forward by what responders asked for: a responder that
-/// finds a timestamp too old (its clock is ahead of ours, or it restarted and our clock is
-/// behind) answers with the lowest one it takes ([`Response::Stale`]), authenticated by the
-/// handshake, and every later timestamp from here is at least that far ahead. A clock that
-/// steps back never makes timestamps go back.
+/// Strictly increasing timestamps: the wall clock, or one more than the last one given if the
+/// clock has not moved on or went back. A clock that steps back never makes them go back.
+/// (Toward a responder that asked for later ones, [`Initiator`] adds what it asked.)
 #[derive(Debug, Default)]
 pub struct TsSource {
     last: u64,
-    /// How far ahead of the wall clock responders need our timestamps, in µs.
-    offset: u64,
 }
 
 impl TsSource {
-    /// The timestamp for a request sent at `unix_us`: that time (plus the offset responders
-    /// asked for), or one more than the last timestamp given if the clock has not moved on
-    /// (or went back).
+    /// The timestamp for a message sent at `unix_us`.
     pub fn next(&mut self, unix_us: u64) -> u64 {
-        self.last = (self.last + 1).max(unix_us.saturating_add(self.offset));
+        self.last = self.last.saturating_add(1).max(unix_us);
         self.last
     }
-
-    /// A responder takes timestamps from `floor` on: move ours there for good.
-    pub fn raise(&mut self, floor: u64, unix_us: u64) {
-        self.offset = self.offset.max(floor.saturating_sub(unix_us));
-        self.last = self.last.max(floor.saturating_sub(1));
-    }
 }
+
+/// Floors above this (year 146 000 or so) are not taken: a responder cannot push our
+/// timestamps to the end of the counter.
+const MAX_FLOOR_US: u64 = 1 << 62;
 
 /// What the replay filter makes of a request's timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +108,13 @@ pub struct TsFilter {
 struct KeyTs {
     highest: u64,
     seen: BTreeSet<u64>,
-    stale_at: Option<u64>,
+    /// When each source address was last answered `Stale` for this key: replays from one
+    /// address do not use up the answers a real sender elsewhere needs.
+    stale_at: HashMap<IpAddr, u64>,
 }
+
+/// Source addresses remembered per key for the `Stale` answers; past it they are forgotten.
+const STALE_SOURCES: usize = 16;
 
 const TS_WINDOW_US: u64 = 30_000_000;
 const STALE_EVERY_US: u64 = 1_000_000;
@@ -127,8 +122,8 @@ const START_SLACK_US: u64 = 2_000_000;
 
 impl TsFilter {
     /// Looks at a request from `key` (already authenticated and trusted) with timestamp `ts`,
-    /// received at wall-clock `unix_us`; records it when fresh.
-    pub fn check(&mut self, key: &PublicKey, ts: u64, unix_us: u64) -> TsVerdict {
+    /// received from `src` at wall-clock `unix_us`; records it when fresh.
+    pub fn check(&mut self, key: &PublicKey, src: IpAddr, ts: u64, unix_us: u64) -> TsVerdict {
         // The first request seen was sent a moment before it came: a start a little earlier
         // spares it a round trip.
         let start = *self.start.get_or_insert(unix_us.saturating_sub(START_SLACK_US));
@@ -139,10 +134,15 @@ impl TsFilter {
             e.highest.saturating_sub(TS_WINDOW_US)
         };
         if ts < floor {
-            let due = e.stale_at.is_none_or(|at| unix_us.abs_diff(at) >= STALE_EVERY_US);
+            let due = e.stale_at.get(&src).is_none_or(|at| unix_us.abs_diff(*at) >= STALE_EVERY_US);
             if due {
-                e.stale_at = Some(unix_us);
-                return TsVerdict::Stale(floor.max(e.highest) + 1);
+                if e.stale_at.len() >= STALE_SOURCES {
+                    e.stale_at.clear();
+                }
+                e.stale_at.insert(src, unix_us);
+                // Our clock now (the floor of a key not seen is 30 s behind it, so a resend a
+                // round trip later still passes), or past the newest seen.
+                return TsVerdict::Stale(unix_us.max(e.highest.saturating_add(1)));
             }
             return TsVerdict::Replay;
         }
@@ -236,8 +236,9 @@ pub struct Initiator<T> {
     pending: HashMap<u32, Pending<T>>,
     /// Cookies responders under load gave us, by their address, with when they came.
     cookies: HashMap<SocketAddr, ([u8; cookie::MAC_LEN], Instant)>,
-    /// The highest timestamp floor a responder gave us, not yet applied to the [`TsSource`].
-    floor: u64,
+    /// How far ahead of our timestamps each responder that answered `Stale` wants them (µs):
+    /// only toward it.
+    offsets: HashMap<PublicKey, u64>,
     /// The retransmission schedule of every request started here.
     pub backoff: Backoff,
 }
@@ -286,16 +287,12 @@ pub enum ExchangeError {
 impl<T> Initiator<T> {
     /// No request outstanding; every request retransmitted on `backoff`.
     pub fn with_backoff(backoff: Backoff) -> Self {
-        Self { pending: HashMap::new(), cookies: HashMap::new(), floor: 0, backoff }
+        Self { pending: HashMap::new(), cookies: HashMap::new(), offsets: HashMap::new(), backoff }
     }
 
-    /// The timestamp for an initiation sent now, past any floor a responder gave.
-    fn ts(&mut self, ts: &mut TsSource, now: Now) -> u64 {
-        if self.floor != 0 {
-            ts.raise(self.floor, now.unix_us);
-            self.floor = 0;
-        }
-        ts.next(now.unix_us)
+    /// The timestamp for an initiation to `remote` sent now, past any floor it gave.
+    fn ts(&self, ts: &mut TsSource, remote: &PublicKey, now: Now) -> u64 {
+        ts.next(now.unix_us).saturating_add(self.offsets.get(remote).copied().unwrap_or(0))
     }
 
     /// The cookie `dst` gave us, while it is fresh.
@@ -321,7 +318,8 @@ impl<T> Initiator<T> {
         let c = cookie::open_cookie(packet, &cookie::PeerKeys::new(&p.remote), &p.mac1)?;
         self.cookies.retain(|_, (_, at)| now.mono.saturating_duration_since(*at) < cookie::COOKIE_LIFE);
         self.cookies.insert(from, (c, now.mono));
-        let stamp = self.ts(ts, now);
+        let remote = self.pending[&id].remote;
+        let stamp = self.ts(ts, &remote, now);
         let p = self.pending.get_mut(&id).expect("present");
         let (hs, payload, mac1) = initiation(id, local, &p.remote, &p.request, stamp, Some(&c)).ok()?;
         p.hs = hs;
@@ -343,7 +341,7 @@ impl<T> Initiator<T> {
         now: Now,
     ) -> Result<Transmit, noise::NoiseError> {
         let c = self.cookie(dst, now.mono);
-        let stamp = self.ts(ts, now);
+        let stamp = self.ts(ts, &remote, now);
         let (hs, payload, mac1) = initiation(id, local, &remote, &request, stamp, c.as_ref())?;
         let next_at = now.mono + self.backoff.initial;
         let p = Pending {
@@ -376,10 +374,17 @@ impl<T> Initiator<T> {
         // cancel it.
         let (payload, keys) = noise::finish(&mut p.hs, noise_msg)?;
         if let Ok(msg::Envelope { body: Response::Stale(floor), .. }) = msg::decode::<Response>(&payload) {
-            self.floor = self.floor.max(floor);
+            if floor < MAX_FLOOR_US {
+                // The base of our next timestamps is at least `now.unix_us`: with this offset
+                // they reach the floor.
+                let offset = self.offsets.entry(p.remote).or_insert(0);
+                *offset = (*offset).max(floor.saturating_sub(now.unix_us));
+            }
             if !p.stale_retried {
                 p.stale_retried = true;
                 p.next_at = now.mono;
+                // The resend is one more try, even after what was the last.
+                p.attempt = p.attempt.min(self.backoff.tries.saturating_sub(2));
             }
             return Err(ExchangeError::Stale(floor));
         }
@@ -414,7 +419,8 @@ impl<T> Initiator<T> {
         let (mut out, mut failed) = (Vec::new(), Vec::new());
         for id in due {
             let c = self.pending.get(&id).and_then(|p| self.cookie(p.dst, now.mono));
-            let stamp = self.ts(ts, now);
+            let remote = self.pending[&id].remote;
+            let stamp = self.ts(ts, &remote, now);
             let p = self.pending.get_mut(&id).expect("present");
             match self.backoff.delay(p.attempt) {
                 Some(d) => match initiation(id, local, &p.remote, &p.request, stamp, c.as_ref()) {
@@ -437,6 +443,16 @@ impl<T> Initiator<T> {
             }
         }
         (out, failed)
+    }
+
+    /// Forgets every request whose tag `drop` picks; returns their ids, for the caller to
+    /// release.
+    pub fn cancel_where(&mut self, mut drop: impl FnMut(&T) -> bool) -> Vec<u32> {
+        let ids: Vec<u32> = self.pending.iter().filter(|(_, p)| drop(&p.tag)).map(|(id, _)| *id).collect();
+        for id in &ids {
+            self.pending.remove(id);
+        }
+        ids
     }
 
     /// Forgets the request with our id `id` (its response will be dropped as unexpected);
@@ -491,7 +507,7 @@ impl Incoming {
         if self.request.is_err() {
             return TsVerdict::Fresh;
         }
-        filter.check(&self.key, self.ts, unix_us)
+        filter.check(&self.key, self.from.ip(), self.ts, unix_us)
     }
 
     /// Answers the request; `id` is our id in the exchange. Returns the datagram and our keys.
@@ -539,19 +555,27 @@ mod tests {
         assert_eq!(d[5], None);
     }
 
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const IP2: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
     #[test]
     fn ts_filter_rejects_replays_allows_reorder() {
         let mut f = TsFilter::default();
         let k = PublicKey([1; 32]);
         let now = 100_000_000;
-        assert_eq!(f.check(&k, 100_000_000, now), TsVerdict::Fresh);
-        assert_eq!(f.check(&k, 100_000_000, now), TsVerdict::Replay);
-        assert_eq!(f.check(&k, 99_000_000, now), TsVerdict::Fresh);
+        assert_eq!(f.check(&k, IP, 100_000_000, now), TsVerdict::Fresh);
+        assert_eq!(f.check(&k, IP, 100_000_000, now), TsVerdict::Replay);
+        assert_eq!(f.check(&k, IP, 99_000_000, now), TsVerdict::Fresh);
         // Far older than the newest: answered with the floor once, then silence for a second.
-        assert_eq!(f.check(&k, 50_000_000, now), TsVerdict::Stale(100_000_001));
-        assert_eq!(f.check(&k, 50_000_000, now + 10), TsVerdict::Replay);
-        assert_eq!(f.check(&k, 50_000_000, now + 1_000_000), TsVerdict::Stale(100_000_001));
-        assert_eq!(f.check(&PublicKey([2; 32]), 100_000_000, now), TsVerdict::Fresh);
+        assert_eq!(f.check(&k, IP, 50_000_000, now), TsVerdict::Stale(100_000_001));
+        assert_eq!(f.check(&k, IP, 50_000_000, now + 10), TsVerdict::Replay);
+        // Replays from one address do not use up the answers to another.
+        assert_eq!(f.check(&k, IP2, 50_000_000, now + 10), TsVerdict::Stale(100_000_010));
+        assert_eq!(f.check(&k, IP, 50_000_000, now + 1_000_000), TsVerdict::Stale(101_000_000));
+        assert_eq!(f.check(&PublicKey([2; 32]), IP, 100_000_000, now), TsVerdict::Fresh);
+        // The end of the counter breaks nothing.
+        assert_eq!(f.check(&PublicKey([3; 32]), IP, u64::MAX, now), TsVerdict::Fresh);
+        assert_eq!(f.check(&PublicKey([3; 32]), IP, 5, now), TsVerdict::Stale(u64::MAX));
     }
 
     #[test]
@@ -560,9 +584,56 @@ mod tests {
         let k = PublicKey([1; 32]);
         let mut f = TsFilter::default();
         let restart = 1_010_000_000;
-        assert!(matches!(f.check(&k, 1_000_000_000, restart), TsVerdict::Stale(fl) if fl > restart - START_SLACK_US));
-        assert_eq!(f.check(&k, 1_000_000_000, restart + 1), TsVerdict::Replay);
-        assert_eq!(f.check(&k, restart + 5, restart + 10), TsVerdict::Fresh);
+        assert!(matches!(f.check(&k, IP, 1_000_000_000, restart), TsVerdict::Stale(fl) if fl >= restart));
+        assert_eq!(f.check(&k, IP, 1_000_000_000, restart + 1), TsVerdict::Replay);
+        assert_eq!(f.check(&k, IP, restart + 5, restart + 10), TsVerdict::Fresh);
+    }
+
+    #[test]
+    fn a_floor_taken_late_still_passes_and_only_toward_its_responder() {
+        // A responder up for an hour; a sender a minute behind, 50 ms away.
+        let (a, b, c) = (SecretKey::generate(), SecretKey::generate(), SecretKey::generate());
+        let addr: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let t0 = Instant::now();
+        let b_start = 1_800_000_000_000_000;
+        let mut filter = TsFilter::default();
+        filter.check(&PublicKey([9; 32]), IP, b_start, b_start);
+        let b_now = Now { mono: t0, unix_us: b_start + 3_600_000_000 };
+        let a_now = Now { mono: t0, unix_us: b_now.unix_us - 60_000_000 };
+        let mut ts = TsSource::default();
+        let mut ini: Initiator<()> = Initiator::default();
+        let t = ini.start((), 42, addr, b.public(), Request::Probe, &a, &mut ts, a_now).unwrap();
+        let r = exchange_once(&mut ini, &b, &mut filter, t, a_now, b_now);
+        assert!(matches!(r, Err(ExchangeError::Stale(_))), "{r:?}");
+        let (mut re, _) = ini.on_timeout(&a, &mut ts, a_now);
+        let later = Now { mono: t0, unix_us: b_now.unix_us + 50_000 };
+        let r = exchange_once(&mut ini, &b, &mut filter, re.remove(0), a_now, later).unwrap();
+        assert_eq!(r.response, Response::RouteAck);
+        // Toward another responder, timestamps stay on our own clock.
+        let t = ini.start((), 43, addr, c.public(), Request::Probe, &a, &mut ts, a_now).unwrap();
+        let wire::Packet::Init { sender, noise } = wire::Packet::parse(&t.payload).unwrap() else { panic!() };
+        let inc = accept(&c, addr, sender, noise).unwrap();
+        assert!(inc.ts < b_now.unix_us - 30_000_000, "{} leaked an offset", inc.ts);
+    }
+
+    #[test]
+    fn a_responder_cannot_push_timestamps_to_the_end_of_the_counter() {
+        let (a, b) = (SecretKey::generate(), SecretKey::generate());
+        let addr: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let now = Now { mono: Instant::now(), unix_us: 1_800_000_000_000_000 };
+        let mut ts = TsSource::default();
+        let mut ini: Initiator<()> = Initiator::default();
+        let t = ini.start((), 42, addr, b.public(), Request::Probe, &a, &mut ts, now).unwrap();
+        let wire::Packet::Init { sender, noise } = wire::Packet::parse(&t.payload).unwrap() else { panic!() };
+        let inc = accept(&b, addr, sender, noise).unwrap();
+        let reply = inc.stale(7, u64::MAX, &mut TsSource::default(), now).unwrap();
+        let wire::Packet::Resp { sender, receiver, noise } = wire::Packet::parse(&reply.payload).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(ini.on_response(sender, receiver, noise, addr, now), Err(ExchangeError::Stale(_))));
+        let (re, _) = ini.on_timeout(&a, &mut ts, now);
+        let wire::Packet::Init { sender, noise } = wire::Packet::parse(&re[0].payload).unwrap() else { panic!() };
+        assert!(accept(&b, addr, sender, noise).unwrap().ts < MAX_FLOOR_US);
     }
 
     /// One request from `a` to `b` through `b`'s filter; what `b` answered and `a` made of it.
@@ -618,7 +689,9 @@ mod tests {
                 let r = exchange_once(&mut ini, &b, &mut filter, re.remove(0), a_now, b_now).unwrap();
                 assert_eq!(r.response, Response::RouteAck);
                 // Later requests stay past the floor although the clock is still in 1970.
-                assert!(ts.next(a_now.unix_us) > b_now.unix_us - START_SLACK_US);
+                let t = ini.start((), 44, addr, b.public(), Request::Probe, &a, &mut ts, a_now).unwrap();
+                let wire::Packet::Init { sender, noise } = wire::Packet::parse(&t.payload).unwrap() else { panic!() };
+                assert!(accept(&b, addr, sender, noise).unwrap().ts >= b_now.unix_us);
             } else {
                 // Not locked out: taken after one more round trip.
                 let r = r.or_else(|e| {

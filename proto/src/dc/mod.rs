@@ -32,10 +32,14 @@ const OP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Directions under way for one requester (a node, or a peer DC's node), and in all.
 const MAX_OPS_PER_NODE: usize = 32;
+const MAX_OPS_PER_PEER: usize = 512;
 const MAX_OPS: usize = 4096;
 
 /// Tries of one request answered when the direction is done.
 const MAX_WAITERS: usize = 8;
+
+/// How long a name a peer DC revoked is not passed on again.
+const PEER_REVOKE_MEMORY: Duration = Duration::from_secs(60);
 
 /// What the DC core is told at start; the daemon builds it from its configuration file.
 #[derive(Debug, Clone)]
@@ -162,6 +166,8 @@ struct Op {
     /// Answer only with a direct path.
     upgrade: bool,
     waiters: Vec<Incoming>,
+    /// The peer zone whose DC asked, for a direction asked by another zone's DC.
+    peer: Option<String>,
     /// The answer to give once the target acknowledged its route direction.
     answer: Option<DirectionAnswer>,
     relay: Option<PendingRelay>,
@@ -202,6 +208,8 @@ pub struct DcCore<R> {
     revoke_notices: HashMap<u64, Vec<String>>,
     /// Nodes told by the last [`DcCore::tell_nodes`].
     revoke_told: usize,
+    /// Names peer DCs revoked lately, with when: each is passed on once a minute at most.
+    peer_revoked: HashMap<String, Instant>,
     drops: Drops,
     counters: DcCounters,
     log_limit: LogLimit,
@@ -251,6 +259,7 @@ impl<R: Registry> DcCore<R> {
             next_op: 1,
             revoke_notices: HashMap::new(),
             revoke_told: 0,
+            peer_revoked: HashMap::new(),
             drops: Drops::default(),
             counters: DcCounters::default(),
             log_limit: LogLimit::default(),
@@ -311,6 +320,15 @@ impl<R: Registry> DcCore<R> {
             .filter(|(_, op)| revoked(&op.requester.fqdn, &r) || revoked(&op.target, &r))
             .map(|(id, _)| *id)
             .collect();
+        // Their exchanges under way stop too: a late probe answer must not register a removed
+        // node again, nor a retransmitted route direction vouch for it.
+        let mut gone =
+            self.exchanges.cancel_where(|t| matches!(t, Tag::Route(id) | Tag::Peer(id) if doomed.contains(id)));
+        gone.extend(self.relay_x.cancel_where(|t| matches!(t, RelayTag::Alloc(id, _) if doomed.contains(id))));
+        gone.extend(self.probes.cancel_where(|t| r.removed.contains(&t.fqdn)));
+        for xid in gone {
+            self.ids.release(xid);
+        }
         for id in doomed {
             self.finish(id, err(ErrorCode::NotEnrolled, "no longer enrolled or trusted here".into()), now);
         }
@@ -351,11 +369,19 @@ impl<R: Registry> DcCore<R> {
         }
     }
 
-    /// True if `vip` is one this zone gives out: no other zone may claim it.
+    /// True if a VIP of `node` is one this zone gives out (its pools) or gave out (a node kept
+    /// a VIP of an earlier pool): no other zone may claim it.
     fn own_vip(&self, node: &NodeInfo) -> bool {
         let pools = self.registry.pools();
-        node.vip4.is_some_and(|v| pools.v4.is_some_and(|n| n.contains(&v)))
-            || node.vip6.is_some_and(|v| pools.v6.is_some_and(|n| n.contains(&v)))
+        let in_pools = node.vip4.is_some_and(|v| pools.v4.is_some_and(|n| n.contains(&v)))
+            || node.vip6.is_some_and(|v| pools.v6.is_some_and(|n| n.contains(&v)));
+        in_pools
+            || self
+                .registry
+                .all()
+                .unwrap_or_default()
+                .iter()
+                .any(|r| (node.vip4.is_some() && r.vip4 == node.vip4) || (node.vip6.is_some() && r.vip6 == node.vip6))
     }
 
     /// The registry, for the daemon's metrics and status.
@@ -550,7 +576,7 @@ impl<R: Registry> DcCore<R> {
                     self.refuse(inc, ErrorCode::BadRequest, "a node cannot build a tunnel to itself".into(), now);
                     return;
                 }
-                self.start_op(inc, node_info(&record), target, (d.relay, d.upgrade), now);
+                self.start_op(inc, node_info(&record), target, (d.relay, d.upgrade), None, now);
             }
             Request::PeerDirection(p) => {
                 let Some(zone) = self.peer_zones.get(&inc.key).cloned() else {
@@ -563,7 +589,7 @@ impl<R: Registry> DcCore<R> {
                 };
                 let Some(inc) = self.fresh(inc, now) else { return };
                 let requester_fqdn = normalize(&p.requester.fqdn);
-                if !requester_fqdn.ends_with(&format!(".{zone}")) {
+                if !self.peer_speaks_for(&zone, &requester_fqdn) {
                     warn!(%from, %zone, requester = %requester_fqdn, "a DC asked for a node outside its zone");
                     self.refuse(inc, ErrorCode::NotAuthorized, format!("{requester_fqdn} is not in zone {zone}"), now);
                     return;
@@ -573,7 +599,7 @@ impl<R: Registry> DcCore<R> {
                     self.refuse(inc, ErrorCode::UnknownNode, format!("{target} is not in zone {}", self.cfg.zone), now);
                     return;
                 }
-                self.start_op(inc, p.requester, target, (p.relay, p.upgrade), now);
+                self.start_op(inc, p.requester, target, (p.relay, p.upgrade), Some(zone), now);
             }
             Request::Revoke(rv) => {
                 let Some(zone) = self.peer_zones.get(&inc.key).cloned() else {
@@ -657,7 +683,15 @@ impl<R: Registry> DcCore<R> {
         }
     }
 
-    fn start_op(&mut self, inc: Incoming, requester: NodeInfo, target: String, flags: (bool, bool), now: Now) {
+    fn start_op(
+        &mut self,
+        inc: Incoming,
+        requester: NodeInfo,
+        target: String,
+        flags: (bool, bool),
+        peer: Option<String>,
+        now: Now,
+    ) {
         let (relay_wanted, upgrade) = flags;
         // A retransmitted request joins the direction already under way.
         if let Some(op) = self
@@ -674,7 +708,9 @@ impl<R: Registry> DcCore<R> {
         // Bounded work per node (each direction may cost a DNS lookup of another zone's DC and
         // exchanges with nodes and relays) and in all.
         let of_node = self.ops.values().filter(|o| o.requester.fqdn == requester.fqdn).count();
-        if of_node >= MAX_OPS_PER_NODE || self.ops.len() >= MAX_OPS {
+        // A peer DC names its requesters at will: it gets a share of its own.
+        let of_peer = peer.as_ref().map_or(0, |z| self.ops.values().filter(|o| o.peer.as_ref() == Some(z)).count());
+        if of_node >= MAX_OPS_PER_NODE || of_peer >= MAX_OPS_PER_PEER || self.ops.len() >= MAX_OPS {
             self.drops.limited += 1;
             if let Some(held) = self.log_limit.allow(now.mono) {
                 warn!(requester = %requester.fqdn, of_node, total = self.ops.len(), held_back = held, "too many directions under way: refused");
@@ -694,6 +730,7 @@ impl<R: Registry> DcCore<R> {
                 relay_wanted,
                 upgrade,
                 waiters: vec![inc],
+                peer,
                 answer: None,
                 relay: None,
                 deadline: now.mono + OP_TIMEOUT,
@@ -945,6 +982,10 @@ impl<R: Registry> DcCore<R> {
 
     fn on_probe_answer(&mut self, tag: ProbeTag, response: Response, now: Now) {
         self.probing.remove(&tag.fqdn);
+        if self.cfg.enrolled.get(&tag.fqdn) != Some(&PublicKey(tag.key)) {
+            // Revoked (or re-keyed) while the probe was under way: it registers nothing.
+            return;
+        }
         if response != Response::ProbeAck {
             self.filtered.insert(tag.fqdn, tag.observed);
             return;
@@ -1000,6 +1041,15 @@ impl<R: Registry> DcCore<R> {
         }
     }
 
+    /// True if the peer DC of `zone` may speak for `fqdn`: in its zone, not in this one, and not
+    /// in a more specific zone of another peer.
+    fn peer_speaks_for(&self, zone: &str, fqdn: &str) -> bool {
+        let under = |z: &str| fqdn.strip_suffix(z).is_some_and(|h| h.ends_with('.') && h.len() > 1);
+        under(zone)
+            && !self.in_zone(fqdn)
+            && !self.cfg.peers.keys().any(|z| z.len() > zone.len() && z.ends_with(&format!(".{zone}")) && under(z))
+    }
+
     /// Tells a located peer DC that `nodes` of this zone are revoked.
     fn send_peer_revoke(&mut self, nodes: Vec<String>, located: Result<(String, Vec<SocketAddr>), String>, now: Now) {
         let (zone, addrs) = match located {
@@ -1007,7 +1057,8 @@ impl<R: Registry> DcCore<R> {
             Err(e) => return warn!("cannot tell a peer zone's DC of a revocation: {e}"),
         };
         let zone = normalize(&zone);
-        let (Some(key), Some(dst)) = (self.cfg.peers.get(&zone).copied(), addrs.first().copied()) else { return };
+        let dst = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied();
+        let (Some(key), Some(dst)) = (self.cfg.peers.get(&zone).copied(), dst) else { return };
         let xid = self.ids.alloc();
         let req = Request::Revoke(crate::msg::Revoke { nodes, zones: Vec::new() });
         match self.exchanges.start(Tag::Revoke, xid, dst, key, req, &self.cfg.secret, &mut self.ts, now) {
@@ -1022,16 +1073,23 @@ impl<R: Registry> DcCore<R> {
     /// A peer DC revokes nodes of its zone: its word counts for its own zone only; the nodes of
     /// this zone are told.
     fn on_peer_revoke(&mut self, inc: Incoming, zone: String, rv: crate::msg::Revoke, now: Now) {
-        let suffix = format!(".{zone}");
+        // Its own zone's names only: not this zone's, nor those of a more specific peer zone
+        // (a peer for example.com does not speak for corp.example.com).
         let (own, other): (Vec<String>, Vec<String>) =
-            rv.nodes.iter().map(|n| normalize(n)).partition(|n| n.ends_with(&suffix));
+            rv.nodes.iter().map(|n| normalize(n)).partition(|n| self.peer_speaks_for(&zone, n));
         if !other.is_empty() || !rv.zones.is_empty() {
             self.drops.unauthorized += 1;
             warn!(%zone, names = ?other, zones = ?rv.zones, "a peer DC revoked what is not of its zone: ignored");
         }
         self.reply(inc, &Response::RouteAck, now);
-        if own.is_empty() {
+        // Each name once a minute at most: a peer cannot make this DC flood its nodes.
+        self.peer_revoked.retain(|_, at| now.mono.saturating_duration_since(*at) < PEER_REVOKE_MEMORY);
+        let own: Vec<String> = own.into_iter().filter(|n| !self.peer_revoked.contains_key(n)).take(64).collect();
+        if own.is_empty() || self.peer_revoked.len() >= 1024 {
             return;
+        }
+        for n in &own {
+            self.peer_revoked.insert(n.clone(), now.mono);
         }
         info!(%zone, nodes = ?own, "a peer DC revoked nodes of its zone: telling this zone's nodes");
         self.tell_nodes(&Request::Revoke(crate::msg::Revoke { nodes: own, zones: Vec::new() }), now);
