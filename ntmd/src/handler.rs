@@ -137,6 +137,8 @@ pub struct Handler {
     reported: DropReport,
     /// Which peers still answer.
     liveness: Liveness,
+    /// The node's addresses, as last reported by the watcher.
+    local_addrs: Vec<SocketAddr>,
 }
 
 impl Handler {
@@ -154,6 +156,7 @@ impl Handler {
             counters: Counters::default(),
             reported: DropReport::default(),
             liveness: Liveness::default(),
+            local_addrs: Vec::new(),
         }
     }
 
@@ -288,7 +291,14 @@ impl Handler {
                 let read = read.unwrap_or_else(|| Readings::of(&*self.dataplane));
                 let _ = reply.send(self.metrics(read));
             }
-            Cmd::LocalAddrs(addrs) => self.core.set_local_addrs(addrs, now),
+            Cmd::LocalAddrs(addrs) => {
+                if addrs != self.local_addrs {
+                    let addresses = addrs.iter().map(|a| a.ip().to_string()).collect();
+                    let _ = self.events.send(Event::AddressesChanged { addresses });
+                    self.local_addrs = addrs.clone();
+                }
+                self.core.set_local_addrs(addrs, now)
+            }
             Cmd::Readings(_) => {}
             Cmd::Sample(read) => {
                 let samples = read.tunnels.iter().map(|t| Sample {

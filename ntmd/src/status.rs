@@ -187,6 +187,12 @@ pub enum Event {
         /// What happens, in words.
         note: String,
     },
+    /// The node's own addresses changed (a network came or went): it registers again at once
+    /// and sends a keepalive on every tunnel, so that peers follow.
+    AddressesChanged {
+        /// The addresses now, as reported to the DC.
+        addresses: Vec<String>,
+    },
     /// A tunnel could not be built (or installed in the data plane).
     BuildFailed {
         /// The peer's name, normalized.
@@ -224,6 +230,7 @@ impl std::fmt::Display for Event {
             Event::TunnelMiss { vip } => write!(f, "tunnel miss vip {vip}"),
             Event::EndpointChanged { fqdn, endpoint } => write!(f, "endpoint changed {fqdn} {endpoint}"),
             Event::BuildFailed { fqdn, reason } => write!(f, "build failed {fqdn}: {reason}"),
+            Event::AddressesChanged { addresses } => write!(f, "addresses {}", addresses.join(" ")),
             Event::PathNote { fqdn, note } => write!(f, "path {fqdn}: {note}"),
             Event::PeerUnresponsive { fqdn, local_id } => {
                 write!(f, "peer unresponsive {fqdn} id {local_id:#010x}: building again")

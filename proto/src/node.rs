@@ -128,7 +128,8 @@ pub enum NodeEvent {
         local_id: u32,
     },
     /// Send a keepalive on every tunnel: the node is behind a NAT that forgets idle mappings,
-    /// and its peers reach it only through them (WireGuard's persistent keepalive).
+    /// and its peers reach it only through them (WireGuard's persistent keepalive); or the
+    /// node's addresses changed, and its peers learn the new endpoint from that packet.
     NatKeepalive,
     /// A tunnel's peer stopped answering (data sent, nothing received): the tunnel is removed
     /// (a `TunnelDown` follows) and built again through the DCs.
@@ -389,7 +390,13 @@ impl NodeCore {
             return;
         }
         info!(?addrs, "local addresses");
+        let moved = !self.local_addrs.is_empty();
         self.local_addrs = addrs;
+        if moved && self.peers.values().any(|p| p.local_id.is_some()) {
+            // Peers learn the new endpoint from the first authenticated packet: send one on
+            // every tunnel now rather than at the next keepalive.
+            self.events.push_back(NodeEvent::NatKeepalive);
+        }
         for b in self.bindings.values_mut() {
             b.next = now.mono;
             b.retry = BIND_RETRY;
