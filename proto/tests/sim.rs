@@ -345,8 +345,9 @@ fn a_node_with_the_wrong_key_is_refused() {
     assert!(sim.dcs[&sa("10.0.2.1:7500")].core.registry().get("n3.b.test").unwrap().is_none());
 }
 
-#[test]
-fn replayed_requests_get_no_answer() {
+/// A world whose nodes registered, with n3's first registration as an eavesdropper captured
+/// it: the world, zone b's DC address, n3's address and the datagram.
+fn captured_registration() -> (Sim, SocketAddr, SocketAddr, Vec<u8>) {
     let mut sim = world(0);
     sim.node("n3.b.test").trace = Some(Vec::new());
     sim.run(Duration::from_secs(2));
@@ -360,6 +361,12 @@ fn replayed_requests_get_no_answer() {
         .find(|t| t.dst == dc && wire::packet_type(&t.payload) == Some(wire::TYPE_INIT))
         .map(|t| t.payload.clone())
         .expect("a registration was sent");
+    (sim, dc, src, payload)
+}
+
+#[test]
+fn replayed_requests_get_no_answer() {
+    let (mut sim, dc, src, payload) = captured_registration();
     let now = sim.now();
     let core = &mut sim.dcs.get_mut(&dc).unwrap().core;
     core.handle_datagram(src, &payload, now);
@@ -418,19 +425,7 @@ fn punching_through_port_randomizing_nats_falls_back_to_a_relay() {
 
 #[test]
 fn a_registration_captured_before_a_dc_restart_is_not_taken_after_it() {
-    let mut sim = world(0);
-    sim.node("n3.b.test").trace = Some(Vec::new());
-    sim.run(Duration::from_secs(2));
-    assert!(registered(&sim));
-    let dc = sa("10.0.2.1:7500");
-    let src = sim.nodes["n3.b.test"].addr;
-    let captured = sim.nodes["n3.b.test"]
-        .trace
-        .iter()
-        .flatten()
-        .find(|t| t.dst == dc && wire::packet_type(&t.payload) == Some(wire::TYPE_INIT))
-        .map(|t| t.payload.clone())
-        .expect("a registration was sent");
+    let (mut sim, dc, src, captured) = captured_registration();
     sim.run(Duration::from_secs(40));
     // The DC restarts, its registry in memory lost (the worst case: nothing remembered).
     let (cfg, pools) = sim.dc_cfgs[&dc].clone();
